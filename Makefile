@@ -1,0 +1,26 @@
+# Every target creates the virtual environment when it is missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test test-all bench ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)            ## the default experiment into sqlite:///mlflow.db
+	$(PY) -m fpdsl $(ARGS)
+
+test: $(STAMP)           ## the default suite (slow tests deselected); pytest's 5 (no tests) is not a failure
+	$(PY) -m pytest -q -m "not slow" $(ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+ui: $(STAMP)             ## MLflow UI on the default store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+clean:
+	rm -rf outputs multirun .pytest_cache

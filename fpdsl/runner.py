@@ -1,0 +1,233 @@
+"""The task function: config → parts → objective → optimizer loop → probes → MLflow.
+
+Read top to bottom, it is the story of one run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fpdsl.errors import ConfigError
+from fpdsl.schema import validate
+
+
+class Diverged(RuntimeError):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}; lower the learning rate or the init scale")
+        self.step, self.loss = step, loss
+
+
+def run(cfg: DictConfig) -> float:
+    started = time.perf_counter()
+    try:
+        conf = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation that cannot resolve
+        raise ConfigError(f"config: {e}".splitlines()[0]) from None
+    validate(conf)
+
+    import numpy as np
+    import torch
+
+    from fpdsl.objective import Objective
+    from fpdsl.optim import Budget
+    from fpdsl.probes import StepView
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda asked for but no GPU is visible; use device=cpu")
+
+    data = _instantiate(cfg.dataset)
+    model = _instantiate(cfg.model, in_dim=data.x.shape[1], out_dim=data.y.shape[1])
+    loss_fn = _instantiate(cfg.loss, data=data) if "data" in _params(cfg.loss) else _instantiate(cfg.loss)
+    optimizer = _instantiate(cfg.optimizer)
+    objective = Objective(model, data.x, data.y, loss_fn, dtype=getattr(torch, optimizer.dtype), device=cfg.device)
+    probes = {name: _instantiate(node, data=data, name=name) for name, node in (cfg.probe or {}).items()}
+    budget = Budget(cfg.budget.max_steps, cfg.budget.max_evals)
+
+    tracker = _tracker(cfg)
+    choices = _choices()
+    run_id = tracker.start(
+        run_name="-".join(str(choices.get(g, "?")) for g in ("optimizer", "model", "dataset")) + f"-s{cfg.seed}",
+        tags={f"fpdsl.{g}": str(v) for g, v in choices.items()} | {"fpdsl.overrides": _overrides()},
+    )
+    print(f"fpdsl: run {run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')", flush=True)
+
+    state = {"step": 0, "theta": objective.theta0, "loss": math.nan, "observed": -1}
+    bar = _progress(cfg, budget)
+
+    def observe(step, theta, force=False):
+        metrics = {}
+        due = [p for p in probes.values() if force or step % p.every == 0]
+        if due:
+            view = StepView(objective, theta)
+            for name, p in probes.items():
+                if p in due:
+                    metrics.update({f"{name}/{k}": v for k, v in p.observe(step, view).items()})
+            state["observed"] = step
+        return metrics
+
+    def on_step(step, theta, n_evals, loss):
+        state.update(step=step, theta=theta, loss=loss)
+        metrics = {"loss": loss, "n_evals": n_evals} | observe(step, theta)
+        tracker.log_metrics(metrics, step)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3e}", evals=n_evals, refresh=False)
+        if not math.isfinite(loss):
+            raise Diverged(step, loss)
+        return step >= (budget.max_steps or math.inf) or n_evals >= (budget.max_evals or math.inf)
+
+    status = "FAILED"
+    try:
+        tracker.log_params(_flatten(conf))
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        with torch.no_grad():
+            loss0 = float(objective.loss_fn(objective.forward(objective.theta0), objective.y))
+        on_step(0, objective.theta0, 0, loss0)
+        t_train = time.perf_counter()
+        optimizer.run(objective, budget, on_step)
+        train_seconds = time.perf_counter() - t_train
+        if state["observed"] != state["step"]:
+            tracker.log_metrics(observe(state["step"], state["theta"], force=True), state["step"])
+        tracker.log_metrics(
+            {"final_loss": state["loss"], "train_seconds": train_seconds, "evals_per_second": objective.n_evals / train_seconds},
+            state["step"],
+        )
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        tracker.set_tags({"fpdsl.stopped": f"interrupted at step {state['step']}"})
+        raise
+    except Diverged as e:
+        tracker.set_tags({"fpdsl.error": str(e), "fpdsl.diverged_step": e.step})
+        raise
+    except BaseException as e:
+        tracker.set_tags({"fpdsl.error": f"{type(e).__name__}: {e}"[:5000]})
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        try:
+            summary = _finish(tracker, probes, state["step"])
+        finally:
+            tracker.end(status)
+    if sys.stdout.isatty() or os.environ.get("FPDSL_SUMMARY", "1") == "1":
+        print(f"fpdsl: {status.lower()} after {state['step']} steps, {objective.n_evals} loss evaluations, "
+              f"loss {state['loss']:.3e}, {time.perf_counter() - started:.1f}s{summary}", flush=True)
+    return state["loss"]
+
+
+def _finish(tracker, probes, step) -> str:
+    """Probes' summaries, figures and arrays go to MLflow, whatever ended the run."""
+    import numpy as np
+
+    summary, arrays = "", {}
+    for name, p in probes.items():
+        if not getattr(p, "steps", True):
+            continue  # nothing recorded
+        res = p.finish()
+        tracker.log_metrics({f"{name}/{k}": v for k, v in res.metrics.items()}, step)
+        if res.tags:
+            tracker.set_tags({f"{name}/{k}": v for k, v in res.tags.items()})
+        for fig_name, fig in res.figures.items():
+            tracker.log_figure(fig, f"figures/{name}_{fig_name}.png")
+        arrays.update({f"{name}/{k}": v for k, v in res.arrays.items()})
+        if "fp_order" in res.metrics:
+            summary += f"; {name}: F-Principle {res.tags.get('fp_verdict')} (order {res.metrics['fp_order']:+.2f})"
+    with tempfile.TemporaryDirectory() as tmp:
+        if arrays:
+            np.savez_compressed(Path(tmp) / "probe_history.npz", **arrays)
+            tracker.log_artifact(Path(tmp) / "probe_history.npz")
+    hydra_dir = _hydra_output_dir()
+    if hydra_dir is not None and (hydra_dir / ".hydra").is_dir():
+        tracker.log_artifact(hydra_dir / ".hydra", ".hydra")
+    return summary
+
+
+def _instantiate(node, **kwargs):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ConfigError(f"{node._get_full_key(None) or 'config'}: {cause}") from None
+        raise
+
+
+def _params(node) -> set[str]:
+    import inspect
+
+    from hydra.utils import get_object
+
+    return set(inspect.signature(get_object(node._target_)).parameters)
+
+
+def _tracker(cfg):
+    from fpdsl.tracking import Tracker
+
+    try:
+        return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"tracking.uri: cannot use MLflow store {cfg.tracking.uri!r} ({first[:200]})") from None
+
+
+def _progress(cfg, budget):
+    if cfg.progress == "off" or (cfg.progress == "auto" and (not sys.stderr.isatty() or os.environ.get("CI") or _multirun())):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=budget.max_steps, unit="step", dynamic_ncols=True, leave=False)
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _choices() -> dict:
+    h = _hydra()
+    return {k: v for k, v in h.runtime.choices.items() if not k.startswith("hydra/")} if h else {}
+
+
+def _overrides() -> str:
+    h = _hydra()
+    return " ".join(h.overrides.task) if h else ""
+
+
+def _multirun() -> bool:
+    from hydra.types import RunMode
+
+    h = _hydra()
+    return bool(h and h.mode == RunMode.MULTIRUN)
+
+
+def _hydra_output_dir():
+    h = _hydra()
+    return Path(h.runtime.output_dir) if h else None
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

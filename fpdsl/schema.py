@@ -1,0 +1,145 @@
+"""Config validation, said once: every `_target_` node is checked against the target's own
+signature (unknown keys, missing keys, types and ranges from its annotations, via pydantic),
+and the run-level settings against RunSettings. Runs before anything is instantiated.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from fpdsl.errors import ConfigError
+
+GROUPS = ("dataset", "model", "loss", "optimizer")
+# arguments the runner supplies at instantiate time, never written in config
+RUNTIME_ARGS = {"model": {"in_dim", "out_dim"}, "probe": {"data", "name"}}
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_steps: Optional[Annotated[int, Field(ge=1)]] = 2000
+    max_evals: Optional[Annotated[int, Field(ge=1)]] = None
+
+
+class Tracking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: Annotated[str, Field(min_length=1)]
+    experiment: Annotated[str, Field(min_length=1)] = "fpdsl"
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")] = "cpu"
+    threads: Optional[Annotated[int, Field(ge=1)]] = None
+    progress: Literal["auto", "on", "off"] = "auto"
+    budget: Budget
+    tracking: Tracking
+
+
+def validate(cfg: dict) -> None:
+    """cfg: the resolved config as plain containers. Raises ConfigError naming the key."""
+    for group in GROUPS:
+        if group not in cfg or not isinstance(cfg[group], dict):
+            raise ConfigError(f"{group}: missing; choose one, e.g. {group}=<option> (see conf/{group}/)")
+        check_node(cfg[group], group, RUNTIME_ARGS.get(group, set()))
+    probes = cfg.get("probe") or {}
+    if not isinstance(probes, dict):
+        raise ConfigError("probe: must be a dict of named probes, e.g. probe=[spectrum]")
+    for name, node in probes.items():
+        if not isinstance(node, dict):
+            raise ConfigError(f"probe.{name}: must be a probe node with a _target_ (see conf/probe/)")
+        check_node(node, f"probe.{name}", RUNTIME_ARGS["probe"])
+    run_level = {k: v for k, v in cfg.items() if k not in (*GROUPS, "probe")}
+    try:
+        RunSettings.model_validate(run_level)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, prefix="", value_of=lambda loc: _get(run_level, loc))) from None
+
+
+def check_node(node: dict, path: str, runtime: set[str] = frozenset()) -> None:
+    if "_target_" not in node:
+        raise ConfigError(f"{path}: no _target_; every config node names the class it builds")
+    target = _locate(node["_target_"], path)
+    partial = bool(node.get("_partial_", False))
+    params, has_var_kw, hints = _signature(target)
+    for key, value in node.items():
+        if key in HYDRA_KEYS:
+            continue
+        if key in runtime:
+            raise ConfigError(f"{path}.{key}: set by the runner (from the dataset); remove it from the config")
+        if key not in params and not has_var_kw:
+            allowed = ", ".join(k for k in params if k not in runtime) or "(none)"
+            raise ConfigError(f"{path}.{key}: unknown key for {node['_target_']}; allowed: {allowed}")
+        if isinstance(value, dict) and "_target_" in value:
+            check_node(value, f"{path}.{key}")
+            continue
+        if key in hints:
+            _check_value(hints[key], value, f"{path}.{key}")
+    if not partial:
+        for name, p in params.items():
+            if p.default is inspect.Parameter.empty and name not in node and name not in runtime:
+                raise ConfigError(f"{path}.{name}: required by {node['_target_']}; add {path}.{name}=<value>")
+
+
+def _locate(target: str, path: str):
+    from hydra.utils import get_object
+
+    try:
+        return get_object(target)
+    except Exception:
+        raise ConfigError(f"{path}._target_: cannot import {target!r}; check the module and class name") from None
+
+
+def _signature(target):
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return {}, True, {}
+    params = {
+        n: p for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
+    }
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        hints = {}
+    hints.pop("return", None)
+    return params, has_var_kw, {k: v for k, v in hints.items() if v is not Any}
+
+
+def _check_value(annotation, value, key: str) -> None:
+    try:
+        adapter = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:
+        return  # an annotation pydantic cannot express; the target checks it itself
+    try:
+        adapter.validate_python(value)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, prefix=key, value_of=lambda loc: value)) from None
+
+
+def _describe(e: ValidationError, prefix: str, value_of) -> str:
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "constrained-", "union["))]
+    key = ".".join([prefix] + loc if prefix else loc) or prefix
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key; remove it or check its spelling"
+    if err["type"] == "missing":
+        return f"{key}: missing; add {key}=<value>"
+    got = err.get("input", value_of(err["loc"]))
+    return f"{key}: {msg[0].lower() + msg[1:]} (got {got!r})"
+
+
+def _get(d, loc):
+    for p in loc:
+        if isinstance(d, dict) and p in d:
+            d = d[p]
+        else:
+            return None
+    return d
