@@ -1,4 +1,11 @@
-"""python -m fpdsl [overrides] — compose with Hydra, run, record in MLflow."""
+"""python -m fpdsl [overrides] — compose with Hydra, run, record in MLflow.
+
+Bad input ends with one line on stderr naming the key and the fix, exit status 2,
+before anything runs; a diverged run ends FAILED with exit status 1; an interrupted
+run ends KILLED with exit status 130 (SIGINT) or 143 (SIGTERM).
+"""
+import os
+import re
 import sys
 
 import hydra
@@ -9,14 +16,59 @@ from fpdsl.errors import ConfigError
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from fpdsl.runner import run
+    from fpdsl.runner import Diverged, run
 
     try:
         return run(cfg)
     except ConfigError as e:
-        print(f"fpdsl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except Diverged as e:
+        print(f"fpdsl: run failed: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _fail(message: str):
+    print(f"fpdsl: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(e: BaseException) -> str:
+    """Hydra's composition errors span several lines; say the same in one."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(e).strip()
+    if isinstance(e, OverrideParseException):
+        reason = (e.message.strip().splitlines() or ["malformed"])[0]
+        return f"{e.override}: cannot parse this override ({reason}); write key=value, lists as [a,b], quote special characters"
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        group, _, option = str(e.missing_cfg_file).rpartition("/")
+        return f"{group}={option}: no such option; available: {', '.join(sorted(e.options))}"
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        return f"{key}: no such key; check its spelling (a new key is added with +{key}=<value>)"
+    m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
+    if m:
+        return f"{m.group(1)}: already exists; set it without the leading +"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines[:2]) if lines else type(e).__name__
+
+
+def cli():
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    from fpdsl.runner import Interrupted
+
+    # let composition errors reach us instead of Hydra's multi-line report
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
+        _fail(one_line(e))
+    except KeyboardInterrupt as e:
+        print(f"fpdsl: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -16,11 +18,21 @@ from omegaconf import DictConfig, OmegaConf
 from fpdsl.errors import ConfigError
 from fpdsl.schema import validate
 
+CHECKPOINT = "checkpoint/last.pt"
+# settings that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("budget.", "resume", "progress", "threads", "tracking.", "checkpoint.", "device")
+
 
 class Diverged(RuntimeError):
     def __init__(self, step: int, loss: float):
         super().__init__(f"loss became {loss} at step {step}; lower the learning rate or the init scale")
         self.step, self.loss = step, loss
+
+
+class Interrupted(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def run(cfg: DictConfig) -> float:
@@ -30,6 +42,9 @@ def run(cfg: DictConfig) -> float:
     except Exception as e:  # an interpolation that cannot resolve
         raise ConfigError(f"config: {e}".splitlines()[0]) from None
     validate(conf)
+    params = _flatten(conf)
+    tracker = _tracker(cfg)
+    ckpt = _load_checkpoint(tracker, cfg.resume, params) if cfg.resume else None
 
     import numpy as np
     import torch
@@ -51,31 +66,51 @@ def run(cfg: DictConfig) -> float:
     optimizer = _instantiate(cfg.optimizer)
     objective = Objective(model, data.x, data.y, loss_fn, dtype=getattr(torch, optimizer.dtype), device=cfg.device)
     probes = {name: _instantiate(node, data=data, name=name) for name, node in (cfg.probe or {}).items()}
-    budget = Budget(cfg.budget.max_steps, cfg.budget.max_evals)
 
-    tracker = _tracker(cfg)
-    choices = _choices()
-    run_id = tracker.start(
-        run_name="-".join(str(choices.get(g, "?")) for g in ("optimizer", "model", "dataset")) + f"-s{cfg.seed}",
-        tags={f"fpdsl.{g}": str(v) for g, v in choices.items()} | {"fpdsl.overrides": _overrides()},
+    first = 0  # the step this process starts from (non-zero when resuming)
+    if ckpt is not None:
+        first = ckpt["step"]
+        objective.theta0 = ckpt["theta"].to(device=objective.device, dtype=objective.dtype)
+        objective.n_evals = ckpt["n_evals"]
+        for name, p in probes.items():
+            p.__dict__.update(ckpt["probes"].get(name, {}))
+        torch.set_rng_state(ckpt["torch_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+        if ckpt.get("optimizer") is not None and hasattr(optimizer, "load_state"):
+            optimizer.load_state(ckpt["optimizer"])
+    remaining = Budget(
+        None if cfg.budget.max_steps is None else max(cfg.budget.max_steps - first, 1),
+        None if cfg.budget.max_evals is None else max(cfg.budget.max_evals - objective.n_evals, 1),
     )
+
+    if ckpt is None:
+        choices = _choices()
+        run_id = tracker.start(
+            run_name="-".join(str(choices.get(g, "?")) for g in ("optimizer", "model", "dataset")) + f"-s{cfg.seed}",
+            tags={f"fpdsl.{g}": str(v) for g, v in choices.items()} | {"fpdsl.overrides": _overrides()},
+        )
+    else:
+        run_id = tracker.run_id = cfg.resume
+        tracker.client.update_run(run_id, status="RUNNING")
+        tracker.set_tags({"fpdsl.resumed_from_step": first, "fpdsl.resume_exact": ckpt.get("optimizer") is not None and hasattr(optimizer, "load_state")})
     print(f"fpdsl: run {run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')", flush=True)
 
-    state = {"step": 0, "theta": objective.theta0, "loss": math.nan, "observed": -1}
-    bar = _progress(cfg, budget)
+    state = {"step": first, "theta": objective.theta0, "loss": math.nan, "observed": -1}
+    bar = _progress(cfg, cfg.budget.max_steps, first)
+    every_ckpt = cfg.checkpoint.every
 
     def observe(step, theta, force=False):
         metrics = {}
-        due = [p for p in probes.values() if force or step % p.every == 0]
+        due = [name for name, p in probes.items() if force or step % p.every == 0]
         if due:
             view = StepView(objective, theta)
-            for name, p in probes.items():
-                if p in due:
-                    metrics.update({f"{name}/{k}": v for k, v in p.observe(step, view).items()})
+            for name in due:
+                metrics.update({f"{name}/{k}": v for k, v in probes[name].observe(step, view).items()})
             state["observed"] = step
         return metrics
 
-    def on_step(step, theta, n_evals, loss):
+    def on_step(local_step, theta, n_evals, loss):
+        step = first + local_step
         state.update(step=step, theta=theta, loss=loss)
         metrics = {"loss": loss, "n_evals": n_evals} | observe(step, theta)
         tracker.log_metrics(metrics, step)
@@ -84,17 +119,21 @@ def run(cfg: DictConfig) -> float:
             bar.set_postfix(loss=f"{loss:.3e}", evals=n_evals, refresh=False)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
-        return step >= (budget.max_steps or math.inf) or n_evals >= (budget.max_evals or math.inf)
+        if every_ckpt and step % every_ckpt == 0 and local_step > 0:
+            _save_checkpoint(tracker, state, objective, probes, optimizer, params)
+        return step >= (cfg.budget.max_steps or math.inf) or n_evals >= (cfg.budget.max_evals or math.inf)
 
     status = "FAILED"
+    previous = _catch_signals()
     try:
-        tracker.log_params(_flatten(conf))
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        with torch.no_grad():
-            loss0 = float(objective.loss_fn(objective.forward(objective.theta0), objective.y))
-        on_step(0, objective.theta0, 0, loss0)
+        if ckpt is None:
+            tracker.log_params(params)
+            tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            with torch.no_grad():
+                loss0 = float(objective.loss_fn(objective.forward(objective.theta0), objective.y))
+            on_step(0, objective.theta0, 0, loss0)
         t_train = time.perf_counter()
-        optimizer.run(objective, budget, on_step)
+        optimizer.run(objective, remaining, on_step)
         train_seconds = time.perf_counter() - t_train
         if state["observed"] != state["step"]:
             tracker.log_metrics(observe(state["step"], state["theta"], force=True), state["step"])
@@ -103,9 +142,9 @@ def run(cfg: DictConfig) -> float:
             state["step"],
         )
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "KILLED"
-        tracker.set_tags({"fpdsl.stopped": f"interrupted at step {state['step']}"})
+        tracker.set_tags({"fpdsl.stopped": f"{e or 'interrupted'} at step {state['step']}"})
         raise
     except Diverged as e:
         tracker.set_tags({"fpdsl.error": str(e), "fpdsl.diverged_step": e.step})
@@ -118,11 +157,13 @@ def run(cfg: DictConfig) -> float:
             bar.close()
         try:
             summary = _finish(tracker, probes, state["step"])
+            if status != "FINISHED" or every_ckpt:
+                _save_checkpoint(tracker, state, objective, probes, optimizer, params)
         finally:
             tracker.end(status)
-    if sys.stdout.isatty() or os.environ.get("FPDSL_SUMMARY", "1") == "1":
-        print(f"fpdsl: {status.lower()} after {state['step']} steps, {objective.n_evals} loss evaluations, "
-              f"loss {state['loss']:.3e}, {time.perf_counter() - started:.1f}s{summary}", flush=True)
+            _restore_signals(previous)
+    print(f"fpdsl: {status.lower()} after {state['step']} steps, {objective.n_evals} loss evaluations, "
+          f"loss {state['loss']:.3e}, {time.perf_counter() - started:.1f}s{summary}", flush=True)
     return state["loss"]
 
 
@@ -132,7 +173,7 @@ def _finish(tracker, probes, step) -> str:
 
     summary, arrays = "", {}
     for name, p in probes.items():
-        if not getattr(p, "steps", True):
+        if not p.steps:
             continue  # nothing recorded
         res = p.finish()
         tracker.log_metrics({f"{name}/{k}": v for k, v in res.metrics.items()}, step)
@@ -150,9 +191,78 @@ def _finish(tracker, probes, step) -> str:
     hydra_dir = _hydra_output_dir()
     if hydra_dir is not None and (hydra_dir / ".hydra").is_dir():
         tracker.log_artifact(hydra_dir / ".hydra", ".hydra")
+    tracker.flush()
     return summary
 
 
+# -- checkpoints ---------------------------------------------------------------
+def _save_checkpoint(tracker, state, objective, probes, optimizer, params):
+    """θ, evaluation count, probe history, RNG state and, where the family exposes it,
+    the optimizer's own state, as one artifact that `resume=<run id>` reads back."""
+    import numpy as np
+    import torch
+
+    ckpt = {
+        "step": state["step"],
+        "theta": state["theta"].detach().cpu().clone(),
+        "n_evals": objective.n_evals,
+        "probes": {name: dict(p.__dict__) for name, p in probes.items()},
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(),
+        "optimizer": optimizer.state() if hasattr(optimizer, "state") else None,
+        "params": params,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(CHECKPOINT).name
+        torch.save(ckpt, path)
+        tracker.log_artifact(path, str(Path(CHECKPOINT).parent))
+
+
+def _load_checkpoint(tracker, run_id, params):
+    import torch
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        tracker.client.get_run(run_id)
+    except Exception:
+        raise ConfigError(f"resume: no run {run_id!r} in {tracker.uri}; copy the run id from `mlflow ui` or the run's first line") from None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = tracker.client.download_artifacts(run_id, CHECKPOINT, tmp)
+            ckpt = torch.load(path, weights_only=False)
+    except Exception:
+        raise ConfigError(f"resume: run {run_id} has no {CHECKPOINT}; it ran without checkpoints (set checkpoint.every)") from None
+    differ = [
+        k for k in set(params) | set(ckpt["params"])
+        if not k.startswith(RESUMABLE_CHANGES) and str(params.get(k)) != str(ckpt["params"].get(k))
+    ]
+    if differ:
+        k = sorted(differ)[0]
+        raise ConfigError(
+            f"resume: {k} was {ckpt['params'].get(k)!r} in run {run_id}, is {params.get(k)!r} now; "
+            "pass the run's own overrides (only budget, threads, device, progress may change)"
+        )
+    return ckpt
+
+
+# -- signals -------------------------------------------------------------------
+def _catch_signals():
+    """SIGINT and SIGTERM end the run KILLED with buffers flushed and figures written."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous):
+    for s, h in (previous or {}).items():
+        signal.signal(s, h)
+
+
+# -- helpers -------------------------------------------------------------------
 def _instantiate(node, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -179,19 +289,31 @@ def _params(node) -> set[str]:
 def _tracker(cfg):
     from fpdsl.tracking import Tracker
 
+    uri = cfg.tracking.uri
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+        except Exception as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(
+                f"tracking.uri: no MLflow server answers at {uri} ({reason}); start one (mlflow server) "
+                "or use tracking.uri=sqlite:///mlflow.db"
+            ) from None
     try:
-        return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+        return Tracker(uri, cfg.tracking.experiment)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"tracking.uri: cannot use MLflow store {cfg.tracking.uri!r} ({first[:200]})") from None
+        raise ConfigError(f"tracking.uri: cannot use MLflow store {uri!r} ({first[:200]})") from None
 
 
-def _progress(cfg, budget):
+def _progress(cfg, total, initial):
     if cfg.progress == "off" or (cfg.progress == "auto" and (not sys.stderr.isatty() or os.environ.get("CI") or _multirun())):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=budget.max_steps, unit="step", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
 
 def _hydra():

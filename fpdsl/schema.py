@@ -30,6 +30,11 @@ class Tracking(BaseModel):
     experiment: Annotated[str, Field(min_length=1)] = "fpdsl"
 
 
+class Checkpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    every: Optional[Annotated[int, Field(ge=1)]] = 500
+
+
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
@@ -38,6 +43,8 @@ class RunSettings(BaseModel):
     progress: Literal["auto", "on", "off"] = "auto"
     budget: Budget
     tracking: Tracking
+    checkpoint: Checkpoint
+    resume: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = None
 
 
 def validate(cfg: dict) -> None:

@@ -1,0 +1,169 @@
+"""Bad input, divergence, interruption, resume and determinism, end to end through the CLI."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY, mlflow_runs, run_cli
+
+# (command line, key the one-line error must name)
+BAD = [
+    ("model.width=0", "model.width"),
+    ("model.width=abc", "model.width"),
+    ("model.width=3.5", "model.width"),
+    ("model.width=", "model.width"),
+    ("model.depth=-1", "model.depth"),
+    ("model.activation=gelu", "model.activation"),
+    ("model.init_std=-0.1", "model.init_std"),
+    ("model.init_std=0.1 model.init_gamma=2", "model.init_std"),
+    ("model.widht=3", "model.widht"),
+    ("+model.foo=1", "model.foo"),
+    ("+model.width=3", "model.width"),
+    ("model=nope", "model"),
+    ("optimizer=nope", "optimizer"),
+    ("dataset=nope", "dataset"),
+    ("probe=[nope]", "probe"),
+    ("dataset.n_points=1", "dataset.n_points"),
+    ("dataset.noise=-1", "dataset.noise"),
+    ("dataset.interval=[1,0]", "dataset.interval"),
+    ("dataset.interval=[1,2,3]", "dataset.interval"),
+    ("dataset.amplitudes=[1,2]", "dataset.amplitudes"),
+    ("budget.max_steps=-5", "budget.max_steps"),
+    ("budget.max_steps=0", "budget.max_steps"),
+    ("budget.max_evals=abc", "budget.max_evals"),
+    ("+budget.max_time=3", "budget.max_time"),
+    ("model.width=[1,2", "model.width"),
+    ("device=tpu", "device"),
+    ("seed=abc", "seed"),
+    ("threads=0", "threads"),
+    ("progress=maybe", "progress"),
+    ("checkpoint.every=0", "checkpoint.every"),
+    ("resume=xyz", "resume"),
+    ("resume=0123456789abcdef0123456789abcdef", "resume"),
+    ("optimizer.optimizer.lr=-1", "optimizer.optimizer"),
+    ("optimizer=pso optimizer.popsize=1", "optimizer.popsize"),
+    ("optimizer=pso optimizer.inertia=-1", "optimizer.inertia"),
+    ("optimizer=cma optimizer.name=NotAnOptimizer", "optimizer.name"),
+    ("optimizer=cma optimizer.batch=0", "optimizer.batch"),
+    ("optimizer=lbfgsb optimizer.blas_threads=0", "optimizer.blas_threads"),
+    ("probe.spectrum.every=0", "probe.spectrum.every"),
+    ("probe.spectrum.variant=phase", "probe.spectrum.variant"),
+    ("probe.spectrum.eps=-1", "probe.spectrum.eps"),
+    ("tracking.uri=http://127.0.0.1:9", "tracking.uri"),
+]
+
+
+@pytest.mark.parametrize("line,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_command_line_fails_in_one_line_naming_the_key(tmp_path, line, key):
+    proc = run_cli(tmp_path, *line.split(), check=False, timeout=120)
+    assert proc.returncode != 0
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip() and "INFO" not in ln]
+    assert err, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = err[-1]
+    assert last.startswith("fpdsl: error: "), proc.stderr[-2000:]
+    assert key in last, last
+    assert len(last) < 300
+    _, runs = mlflow_runs(tmp_path)
+    assert runs == [], "a run was created for bad input"
+
+
+def test_divergence_ends_failed_with_step_and_keeps_history(cli, tmp_path):
+    proc = cli("optimizer=gd", "optimizer.optimizer.lr=50", *TINY, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    step = int(run.data.tags["fpdsl.diverged_step"])
+    assert "loss became" in run.data.tags["fpdsl.error"]
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(step + 1))
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert "figures/spectrum_heatmap.png" in arts
+
+
+def _start(tmp_path, *overrides):
+    import os
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "fpdsl", *overrides], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_flushes_writes_figures_and_ends_killed(tmp_path, sig, code):
+    proc = _start(tmp_path, "budget.max_steps=1000000", "dataset.n_points=64", "model.width=16", "probe.spectrum.every=5")
+    line = proc.stdout.readline()  # "fpdsl: run <id> → ..." once training is about to start
+    assert line.startswith("fpdsl: run"), line + proc.stderr.read()
+    time.sleep(3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    assert signal.Signals(sig).name in run.data.tags["fpdsl.stopped"]
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert len(losses) > 10 and [m.step for m in losses] == list(range(len(losses)))
+    assert {"figures", "probe_history.npz", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize("optimizer,through_cli", [("adam", True), ("pso", True), ("lbfgsb", False), ("oneplusone", False)])
+def test_resume_continues_the_same_run(cli, tmp_path, optimizer, through_cli):
+    base = [f"optimizer={optimizer}", "dataset.n_points=64", "model.width=16", "probe.spectrum.every=5", "checkpoint.every=10"]
+    start = cli if through_cli else (lambda *o: run_in_process(tmp_path, *o))
+    start(*base, "budget.max_steps=20")
+    client, (run,) = mlflow_runs(tmp_path)
+    rid = run.info.run_id
+    start(*base, "budget.max_steps=40", f"resume={rid}")
+    _, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1
+    run = client.get_run(rid)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["fpdsl.resumed_from_step"] == "20"
+    steps = [m.step for m in client.get_metric_history(rid, "loss")]
+    assert steps == list(range(41))
+    evals = [m.value for m in client.get_metric_history(rid, "n_evals")]
+    assert evals == sorted(evals)
+    import io
+    from pathlib import Path
+
+    import numpy as np
+
+    hist = np.load(io.BytesIO(Path(client.download_artifacts(rid, "probe_history.npz")).read_bytes()))
+    assert list(hist["spectrum/steps"]) == list(range(0, 41, 5))
+
+
+def test_resume_refuses_a_different_config(cli, tmp_path):
+    cli(*TINY)
+    _, (run,) = mlflow_runs(tmp_path)
+    proc = cli(*TINY, "model.width=8", f"resume={run.info.run_id}", check=False)
+    assert proc.returncode == 2 and "model.width" in proc.stderr.strip().splitlines()[-1]
+
+
+def run_in_process(tmp_path, *overrides):
+    """The task function itself on a composed config (no interpreter start-up per run)."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from fpdsl.runner import run
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "progress=off", *overrides])
+    return run(cfg)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgsb", "oneplusone", "pso"])
+def test_same_config_and_seed_give_the_same_metrics(tmp_path, optimizer):
+    histories = []
+    for i in range(2):
+        d = tmp_path / str(i)
+        d.mkdir()
+        run_in_process(d, f"optimizer={optimizer}", *TINY, "seed=3")
+        client, (run,) = mlflow_runs(d)
+        histories.append({k: [(m.step, repr(m.value)) for m in client.get_metric_history(run.info.run_id, k)]
+                          for k in run.data.metrics if k not in ("train_seconds", "evals_per_second")})
+    assert histories[0] == histories[1]
