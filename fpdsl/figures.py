@@ -5,21 +5,74 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
+def _step_edges(steps) -> np.ndarray:
+    steps = np.asarray(steps, dtype=float)
+    return np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]]) + 1
+
+
+def _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap):
+    values = np.clip(np.asarray(values, dtype=float), vmin, vmax)
+    mesh = ax.pcolormesh(_step_edges(steps), np.arange(len(row_labels) + 1), values.T, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xscale("log")
+    ax.set_yticks(np.arange(len(row_labels)) + 0.5, [str(r) for r in row_labels])
+    ax.set_xlabel("step + 1")
+    return mesh
+
+
 def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cmap="RdBu_r", ylabel="frequency index k"):
     """values (T, R) as an image: one row per R (first at the bottom), one column per step.
 
     Step axis log-scaled (step + 1) so the early, interesting part of training is visible.
     """
-    steps = np.asarray(steps, dtype=float)
-    values = np.clip(np.asarray(values, dtype=float), vmin, vmax)
-    edges = np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]]) + 1
     fig = Figure(figsize=(7, 0.5 * len(row_labels) + 2.2), layout="constrained")
     ax = fig.add_subplot()
-    mesh = ax.pcolormesh(edges, np.arange(len(row_labels) + 1), values.T, cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xscale("log")
-    ax.set_yticks(np.arange(len(row_labels)) + 0.5, [str(r) for r in row_labels])
-    ax.set_xlabel("step + 1")
+    mesh = _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(mesh, ax=ax, label=cbar_label)
+    return fig
+
+
+def heatmap_panels(steps, panels: dict, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cmap="RdBu_r", ylabel=""):
+    """Several heat maps (T, R) side by side with one colour scale, one panel per entry of panels."""
+    fig = Figure(figsize=(4.2 * len(panels) + 1.2, 0.5 * len(row_labels) + 2.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (name, values) in zip(axes, panels.items()):
+        mesh = _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
+        ax.set_title(name)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.colorbar(mesh, ax=list(axes), label=cbar_label)
+    return fig
+
+
+def cosine_panels(matrices: dict, title=""):
+    """Cosine-similarity matrices (m, m) side by side, each in its own dendrogram order so
+    aligned neurons show as blocks; colour −1 (opposite, blue) to +1 (aligned, red)."""
+    from fpdsl.condensation import block_order
+
+    fig = Figure(figsize=(4.3 * len(matrices) + 1.0, 4.4), layout="constrained")
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    for ax, (name, d) in zip(axes, matrices.items()):
+        order = block_order(d)
+        img = ax.imshow(d[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xlabel("neuron (clustered order)")
+    axes[0].set_ylabel("neuron (clustered order)")
+    fig.suptitle(title)
+    fig.colorbar(img, ax=list(axes), label="cos(u_k, u_l)")
+    return fig
+
+
+def orientation_scatter(points: dict, title=""):
+    """points: label → (θ, A); θ in [−π, π] on the x axis, A on the y axis."""
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (label, (theta, amp)) in enumerate(points.items()):
+        ax.scatter(theta, amp, s=14, alpha=0.4 if i < len(points) - 1 else 0.9, label=label)
+    ax.set_xlim(-np.pi, np.pi)
+    ax.set_xlabel("θ_k = sign(b_k) arccos(w_k / |u_k|)")
+    ax.set_ylabel("A_k = a_k |u_k|")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
     return fig

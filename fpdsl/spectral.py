@@ -69,3 +69,130 @@ def fp_order(freqs: np.ndarray, conv: np.ndarray) -> tuple[float, bool, str]:
     if holds:
         return score, True, "holds"
     return score, False, "reversed" if score < 0 else "partial"
+
+
+def combine_orders(scores, verdicts) -> tuple[float, bool, str]:
+    """One F-Principle verdict from several (one per δ, say): the mean of the defined scores;
+    holds when every determined verdict holds (and at least one is determined)."""
+    scores = np.asarray(scores, dtype=float)
+    determined = [v for v in verdicts if v != "undetermined"]
+    if not determined:
+        return float("nan"), False, "undetermined"
+    score = float(np.nanmean(scores))
+    if all(v == "holds" for v in determined):
+        return score, True, "holds"
+    return score, False, "reversed" if score < 0 else "partial"
+
+
+# -- filtering method (SCIENCE.md §1.3) ------------------------------------------------
+
+
+def squared_distances(x: np.ndarray) -> np.ndarray:
+    """|x_i − x_j|², (n, n)."""
+    from scipy.spatial.distance import cdist
+
+    return cdist(x, x, "sqeuclidean")
+
+
+def gaussian_lowpass(sq_dist: np.ndarray, delta: float) -> np.ndarray:
+    """Row-normalised Gaussian kernel G^δ_ij / Σ_j G^δ_ij with G^δ = exp(−|x_i − x_j|² / (2δ)).
+
+    Each row is shifted by its smallest distance before exponentiating (that factor
+    cancels in the normalisation), so no row underflows to all zeros for a small δ.
+    """
+    d = sq_dist - sq_dist.min(axis=1, keepdims=True)
+    g = np.exp(-d / (2.0 * delta))
+    return g / g.sum(axis=1, keepdims=True)
+
+
+def lowpass_split(kernel: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) = (K v, v − K v) for a row-normalised kernel K (n, n) and values (n, c)."""
+    low = kernel @ values
+    return low, values - low
+
+
+def relative_error(diff_norm: float, ref_norm: float, scale: float = 1.0) -> float:
+    """‖h − y‖ / ‖y‖; a reference below 1e-12·scale counts as zero: 0 when the difference
+    is as small, +inf otherwise (the target has no such part, the output does)."""
+    tiny = 1e-12 * scale
+    if ref_norm <= tiny:
+        return 0.0 if diff_norm <= tiny else float("inf")
+    return float(diff_norm / ref_norm)
+
+
+def filtering_errors(kernel: np.ndarray, target: np.ndarray, output: np.ndarray) -> tuple[float, float]:
+    """(e_low, e_high) = (‖y^low − h^low‖ / ‖y^low‖, ‖y^high − h^high‖ / ‖y^high‖), norms over
+    samples and output components."""
+    y_low, y_high = lowpass_split(kernel, target)
+    r_low, r_high = lowpass_split(kernel, target - output)
+    scale = float(np.linalg.norm(target))
+    return (
+        relative_error(float(np.linalg.norm(r_low)), float(np.linalg.norm(y_low)), scale),
+        relative_error(float(np.linalg.norm(r_high)), float(np.linalg.norm(y_high)), scale),
+    )
+
+
+def default_deltas(sq_dist: np.ndarray) -> np.ndarray:
+    """δ values scaled to the data: (0.01, 0.03, 0.1, 0.3, 1) × the median squared distance
+    between distinct inputs."""
+    iu = np.triu_indices_from(sq_dist, k=1)
+    med = float(np.median(sq_dist[iu])) if iu[0].size else 1.0
+    return np.array([0.01, 0.03, 0.1, 0.3, 1.0]) * (med if med > 0 else 1.0)
+
+
+# -- projection method (SCIENCE.md §1.4) -----------------------------------------------
+
+
+def principal_direction(x: np.ndarray) -> np.ndarray:
+    """Unit first principal component of x (n, d); sign fixed so its largest entry is positive."""
+    xc = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    p = vt[0]
+    return p if p[np.argmax(np.abs(p))] >= 0 else -p
+
+
+def nudft_matrix(t: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """E (K, n) with E_kj = exp(−2πi f_k t_j) / n, so that E @ y = F(f_k) = (1/n) Σ_j y_j e^{−2πi f_k t_j}."""
+    return np.exp(-2j * np.pi * np.outer(freqs, t)) / t.shape[0]
+
+
+def frequency_grid(t: np.ndarray, n_freqs: int, step: float | None = None) -> np.ndarray:
+    """f_m = m · step, m = 0 .. n_freqs − 1; step defaults to 1 / (max t − min t), the DFT's bin
+    spacing when t spans one period."""
+    if step is None:
+        span = float(np.ptp(t))
+        step = 1.0 / span if span > 0 else 1.0
+    return step * np.arange(n_freqs)
+
+
+def real_pair(matrix: np.ndarray) -> np.ndarray:
+    """A complex operator (K, n) as one real (2K, n) array [Re; Im]: a real matrix product
+    with real values is far cheaper than numpy's complex one, which is slow to share the
+    cores with torch's thread pool."""
+    return np.ascontiguousarray(np.concatenate([matrix.real, matrix.imag]))
+
+
+def apply_pair(pair: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(Re M) v + i (Im M) v for pair = real_pair(M) and real values (n,) or (n, c)."""
+    out = pair @ values
+    k = pair.shape[0] // 2
+    return out[:k] + 1j * out[k:]
+
+
+# -- spectral bias amplitudes (SCIENCE.md §1.5) ----------------------------------------
+
+
+def sine_amplitude_matrix(x: np.ndarray, omegas: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+    """M (K, n) with M_ij = 2 e^{−i ω_i x_j} / (n |A_i|), so |M @ h| is the normalised amplitude."""
+    x = np.asarray(x, dtype=float).reshape(-1)
+    a = np.abs(np.asarray(amplitudes, dtype=float))
+    return 2.0 * np.exp(-1j * np.outer(omegas, x)) / (x.size * a[:, None])
+
+
+def sine_amplitudes(values: np.ndarray, x: np.ndarray, omegas: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+    """Normalised amplitude 2|ĥ(ω_i)| / (n A_i), ĥ(ω) = Σ_j h_j e^{−i ω x_j}, for 1-D inputs x (n,).
+
+    On x_j = j/n with ω_i = 2π k_i this is Rahaman et al.'s 2|ĥ_{k_i}| / (n A_i) from the DFT.
+    values (n,) or (n, c): output components are summed in quadrature.
+    """
+    return magnitude(sine_amplitude_matrix(x, omegas, amplitudes) @ values)

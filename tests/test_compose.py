@@ -18,14 +18,26 @@ def compose_cfg(*overrides):
         return compose("config", overrides=["tracking.uri=sqlite:///unused.db", *overrides])
 
 
+def required_overrides(group, option, tmp_path):
+    """Options with a value that has no sensible default (the user's own file)."""
+    if (group, option) == ("dataset", "file"):
+        import numpy as np
+
+        np.savez(tmp_path / "data.npz", x=np.linspace(0, 1, 8), y=np.sin(np.linspace(0, 1, 8)))
+        return [f"dataset.path={tmp_path / 'data.npz'}"]
+    return []
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_option_composes_validates_and_instantiates(group, option):
-    from hydra.utils import instantiate
+def test_option_composes_validates_and_instantiates(group, option, tmp_path):
+    import inspect
+
+    from hydra.utils import get_object, instantiate
 
     from fpdsl.data import Sines1D
 
     override = f"{group}=[{option}]" if group == "probe" else f"{group}={option}"
-    cfg = compose_cfg(override)
+    cfg = compose_cfg(override, *required_overrides(group, option, tmp_path))
     validate(OmegaConf.to_container(cfg, resolve=True))
     data = instantiate(cfg.dataset)
     if group == "probe":
@@ -34,6 +46,8 @@ def test_option_composes_validates_and_instantiates(group, option):
             instantiate(node, data=probe_data, name=name)
     elif group == "model":
         instantiate(cfg.model, in_dim=data.x.shape[1], out_dim=data.y.shape[1])
+    elif group == "loss" and "data" in inspect.signature(get_object(cfg.loss._target_)).parameters:
+        assert instantiate(cfg.loss, data=data) is not None  # as the runner does
     else:
         assert instantiate(cfg[group]) is not None
 

@@ -13,6 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
+from fpdsl.probes.condensation import Condensation
+from fpdsl.probes.filtering import Filtering
+from fpdsl.probes.projection import Projection
+from fpdsl.probes.spectral_amplitude import SpectralAmplitude
 from fpdsl.probes.spectrum import Spectrum
 
 
@@ -39,4 +43,4 @@ class StepView:
         return {k: v.detach() for k, v in self.objective.unflatten(self.theta).items()}
 
 
-__all__ = ["ProbeResult", "Spectrum", "StepView"]
+__all__ = ["Condensation", "Filtering", "ProbeResult", "Projection", "SpectralAmplitude", "Spectrum", "StepView"]
