@@ -50,7 +50,7 @@ def _history(client, run_id):
 
 def label(entry):
     t, p = entry["run"].data.tags, entry["run"].data.params
-    bits = [t.get("fpdsl.optimizer", "?")]
+    bits = [t.get("fpdsl.optimizer") or _optimizer_from_params(p)]
     for key in ("model", "dataset", "loss"):
         if t.get(f"fpdsl.{key}") not in (None, "mlp", "sines1d", "mse"):
             bits.append(t[f"fpdsl.{key}"])
@@ -59,6 +59,14 @@ def label(entry):
     if "seed" in p and p["seed"] != "0":
         bits.append(f"s{p['seed']}")
     return " · ".join(bits)
+
+
+def _optimizer_from_params(p):
+    """A name for the optimizer of a run composed without Hydra's CLI (no choice tags)."""
+    for key in ("optimizer.method", "optimizer.name", "optimizer.optimizer._target_", "optimizer._target_"):
+        if key in p:
+            return p[key].rsplit(".", 1)[-1].lower()
+    return "?"
 
 
 def _grid(n, width=4.2, height=2.8):
