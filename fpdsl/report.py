@@ -50,6 +50,8 @@ def _history(client, run_id):
 
 def label(entry):
     t, p = entry["run"].data.tags, entry["run"].data.params
+    if t.get("fpdsl.experiment"):  # the experiment file says it best
+        return t["fpdsl.experiment"] + (f" · s{p['seed']}" if p.get("seed", "0") != "0" else "")
     bits = [t.get("fpdsl.optimizer") or _optimizer_from_params(p)]
     for key in ("model", "dataset", "loss"):
         if t.get(f"fpdsl.{key}") not in (None, "mlp", "sines1d", "mse"):
