@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Sequence, Union
+from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
 from pydantic import Field

@@ -157,12 +157,15 @@ def nudft_matrix(t: np.ndarray, freqs: np.ndarray) -> np.ndarray:
 
 
 def frequency_grid(t: np.ndarray, n_freqs: int, step: float | None = None) -> np.ndarray:
-    """f_m = m · step, m = 0 .. n_freqs − 1; step defaults to 1 / (max t − min t), the DFT's bin
-    spacing when t spans one period."""
+    """f_m = m · step, m = 0 .. min(n_freqs, n/2 + 1) − 1 (n points resolve no more).
+
+    step defaults to 1 / (range of t · n/(n − 1)): the DFT's bin spacing when t is a
+    uniform grid of n points (the range plus one spacing is one period)."""
+    n = t.shape[0]
     if step is None:
-        span = float(np.ptp(t))
+        span = float(np.ptp(t)) * n / max(n - 1, 1)
         step = 1.0 / span if span > 0 else 1.0
-    return step * np.arange(n_freqs)
+    return step * np.arange(min(n_freqs, n // 2 + 1))
 
 
 def real_pair(matrix: np.ndarray) -> np.ndarray:

@@ -130,9 +130,11 @@ def test_projection_matches_the_dft_on_a_uniform_grid():
     n = 128
     t = np.arange(n) / n
     y = np.sin(2 * np.pi * 3 * t) + np.cos(2 * np.pi * 7 * t)
-    freqs = spectral.frequency_grid(t, 20, step=1.0)
-    f = spectral.apply_pair(spectral.real_pair(spectral.nudft_matrix(t, freqs)), y)
-    np.testing.assert_allclose(f, np.fft.rfft(y)[:20] / n, atol=1e-12)
+    for t_scaled, step in ((t, 1.0), (5 * t - 2, None)):  # the default step: the grid's own DFT bins
+        freqs = spectral.frequency_grid(t_scaled, 20, step=step)
+        f = spectral.apply_pair(spectral.real_pair(spectral.nudft_matrix(t_scaled, freqs)), y)
+        np.testing.assert_allclose(np.abs(f), np.abs(np.fft.rfft(y)[:20]) / n, atol=1e-12)
+    assert spectral.frequency_grid(t, 1000).size == n // 2 + 1  # no more than the points resolve
 
 
 # -- spectral amplitude (§1.5) -----------------------------------------------------------

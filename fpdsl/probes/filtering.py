@@ -9,6 +9,8 @@ from pydantic import Field
 from fpdsl import spectral
 from fpdsl.errors import ConfigError
 
+MAX_KERNEL_BYTES = 2 << 30  # the stacked kernels live in memory for the whole run
+
 
 class Filtering:
     """e_low and e_high per δ: y^{low,δ} = K_δ y with K_δ the row-normalised Gaussian kernel
@@ -32,6 +34,13 @@ class Filtering:
     ):
         self.every, self.eps, self.name = every, eps, name
         x, y = np.asarray(data.x, dtype=float), np.asarray(data.y, dtype=float)
+        n_kernels = 5 if deltas is None else len(deltas)
+        need = (n_kernels + 1) * x.shape[0] ** 2 * 8
+        if need > MAX_KERNEL_BYTES:
+            raise ConfigError(
+                f"probe.{name}: {x.shape[0]} points need {need / 2**30:.1f} GiB of kernels (n² floats per δ); "
+                f"use fewer points (e.g. dataset.n_samples) or fewer probe.{name}.deltas"
+            )
         sq = spectral.squared_distances(x)
         self.deltas = np.asarray(spectral.default_deltas(sq) if deltas is None else deltas, dtype=float)
         self.labels = [f"d{d:.3g}" for d in self.deltas]

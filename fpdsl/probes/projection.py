@@ -13,7 +13,8 @@ from fpdsl.errors import ConfigError
 class Projection:
     """Project the inputs on a unit direction p (default: the first principal component),
     t_j = p·x_j, and take the non-uniform DFT F(f) = (1/n) Σ_j y_j e^{−2πi f t_j} on the grid
-    f_m = m · freq_step, m < n_freqs (freq_step default: 1 / the range of t). Peaks of the
+    f_m = m · freq_step, m < min(n_freqs, n/2 + 1) (freq_step default: the DFT's bin spacing
+    were t a uniform grid, 1 / (range of t · n/(n − 1))). Peaks of the
     target's |F| (as in spectrum), Δ_F there, and the F-Principle order by peak frequency.
     The NUDFT matrix is built once; each observation is one matrix product.
     """
@@ -49,7 +50,7 @@ class Projection:
         self.freqs = spectral.frequency_grid(self.t, n_freqs, freq_step)
         self.matrix = spectral.real_pair(spectral.nudft_matrix(self.t, self.freqs))
         self.target = spectral.apply_pair(self.matrix, np.asarray(data.y, dtype=float))
-        self.ks = spectral.peaks(self.target, n_freqs, min_rel)
+        self.ks = spectral.peaks(self.target, self.freqs.size, min_rel)
         if self.ks.size == 0:
             raise ConfigError(
                 f"probe.{name}: the target's projected spectrum has no peak among the first {n_freqs} frequencies; "
