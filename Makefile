@@ -19,8 +19,8 @@ test: $(STAMP)           ## the default suite (slow tests deselected); pytest's 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-ui: $(STAMP)             ## MLflow UI on the default store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+ui: $(STAMP)             ## MLflow UI on the default store, http://127.0.0.1:5000 (one worker, no job runners)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean:
 	rm -rf outputs multirun .pytest_cache

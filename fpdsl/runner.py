@@ -116,7 +116,7 @@ def run(cfg: DictConfig) -> float:
         tracker.log_metrics(metrics, step)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3e}", evals=n_evals, refresh=False)
+            bar.set_postfix({"loss": f"{loss:.3e}", "evals": n_evals, "evals/s": f"{n_evals / max(bar.format_dict['elapsed'], 1e-9):.3g}"}, refresh=False)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
         if every_ckpt and step % every_ckpt == 0 and local_step > 0:

@@ -59,6 +59,14 @@ def test_joblib_grid_is_one_parent_run_with_a_child_per_job(tmp_path):
     check_sweep(client, runs, widths, threads=max(1, len(os.sched_getaffinity(0)) // 2))
 
 
+def test_a_single_run_shows_steps_loss_and_evaluations_per_second(tmp_path):
+    # long enough for tqdm to redraw (every 0.1 s) while it trains
+    proc = run_cli(tmp_path, *TINY[:2], "budget.max_steps=1000", "~probe.spectrum", "progress=on")
+    assert "step/s" in proc.stderr and "loss=" in proc.stderr and "evals/s=" in proc.stderr, proc.stderr[-2000:]
+    _, (run,) = mlflow_runs(tmp_path)
+    assert "mlflow.parentRunId" not in run.data.tags and 0 < float(run.data.tags["fpdsl.tracking_seconds"]) < 60
+
+
 def test_submitit_local_grid_records_every_job(tmp_path):
     run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "model.width=8,12", *GRID)
     client, runs = mlflow_runs(tmp_path)

@@ -1,0 +1,129 @@
+"""A grid on local parallel workers against the same grid one run after another, and
+what logging costs a run (`make bench`).
+
+  grid     the default experiment at seeds 0-3 as one sweep: Hydra's basic launcher
+           (sequential, one process, torch's default threads) against
+           hydra/launcher=joblib with 2 workers (one thread each); wall time of the
+           whole command, in interleaved rounds, best round of each
+  logging  for every run of those sweeps, the time spent inside fpdsl's Tracker
+           (MLflow calls and the metric buffer, the run's tag `fpdsl.tracking_seconds`) over the
+           run's own time (MLflow start to end); opening the store is measured apart
+
+Claims: speed-up ≥ 1.6× on 2 cores; logging ≤ 5% of a run.
+
+    python benchmarks/bench_grid.py [--quick] [--rounds N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+SEEDS = "seed=0,1,2,3"
+LAUNCHERS = {
+    "sequential": ["hydra/launcher=basic"],
+    "joblib, 2 workers": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+}
+
+
+def sweep(tmp: str, uri: str, experiment: str, launcher: list[str], extra: list[str]) -> float:
+    env = dict(os.environ, FPDSL_SUMMARY="0")
+    env.pop("CI", None)
+    cmd = [sys.executable, "-m", "fpdsl", "-m", SEEDS, *launcher, f"tracking.uri={uri}",
+           f"tracking.experiment={experiment}", "progress=off", *extra]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def logging_fractions(client, experiment: str) -> list[dict]:
+    exp = client.get_experiment_by_name(experiment)
+    rows = []
+    for r in client.search_runs([exp.experiment_id]):
+        if r.data.tags.get("fpdsl.role") == "sweep":
+            continue
+        run_s = (r.info.end_time - r.info.start_time) / 1000
+        tracking_s = float(r.data.tags["fpdsl.tracking_seconds"])
+        rows.append({"run": r.info.run_name, "run_s": run_s, "tracking_s": tracking_s, "fraction": tracking_s / run_s})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="500 steps a run and one round (a smoke check, not the claim)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2, quick 1)")
+    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench_grid-<date>.json)")
+    args = ap.parse_args()
+    rounds = args.rounds or (1 if args.quick else 2)
+    extra = ["budget.max_steps=500"] if args.quick else []
+
+    from fpdsl.tracking import Tracker
+
+    results = {"cores": len(os.sched_getaffinity(0)), "rounds": rounds, "quick": args.quick,
+               "grid": f"default experiment {' '.join(extra)} {SEEDS}".replace("  ", " "),
+               "load_average_at_start": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        t = time.perf_counter()
+        tracker = Tracker(uri, "warm-up")  # creates the store: no sweep below pays for its schema
+        results["store_create_s"] = time.perf_counter() - t
+        client = tracker.client
+        opened = subprocess.run(  # what each run pays before its first metric: import MLflow, open the store
+            [sys.executable, "-c", "import sys, time; t = time.perf_counter(); from fpdsl.tracking import Tracker; "
+             "Tracker(sys.argv[1], 'warm-up'); print(time.perf_counter() - t)", uri],
+            cwd=ROOT, capture_output=True, text=True, check=True)
+        results["store_open_s"] = float(opened.stdout.split()[-1])
+
+        walls = {name: [] for name in LAUNCHERS}
+        fractions = {name: [] for name in LAUNCHERS}
+        for r in range(rounds):
+            for name, launcher in LAUNCHERS.items():
+                experiment = f"bench-grid-{name.split(',')[0]}-{r}"
+                wall = sweep(tmp, uri, experiment, launcher, extra)
+                walls[name].append(wall)
+                fractions[name] += logging_fractions(client, experiment)
+                print(f"  round {r}: {name:<18} {wall:6.1f}s", flush=True)
+
+    best = {name: min(w) for name, w in walls.items()}
+    results["grid_wall_s"] = walls
+    results["speedup"] = best["sequential"] / best["joblib, 2 workers"]
+    results["logging"] = fractions
+    every = [row["fraction"] for rows in fractions.values() for row in rows]
+    results["logging_fraction_median"] = statistics.median(every)
+    results["logging_fraction_max"] = max(every)
+    results["load_average_at_end"] = os.getloadavg()[0]
+
+    print(f"\n| grid of 4 runs ({results['cores']} cores) | best wall s |\n|---|---|")
+    for name, w in best.items():
+        print(f"| {name} | {w:.1f} |")
+    print(f"| speed-up | {results['speedup']:.2f}x (claim >= 1.6x) |")
+    print("\n| logging: Tracker time / run time | median | max |\n|---|---|---|")
+    for name, rows in fractions.items():
+        f = [row["fraction"] for row in rows]
+        print(f"| {name} | {statistics.median(f):.1%} | {max(f):.1%} |")
+    print(f"| all runs | {results['logging_fraction_median']:.1%} | {results['logging_fraction_max']:.1%} (claim <= 5%) |")
+    print(f"\nimporting MLflow and opening the store: {results['store_open_s']:.2f}s a run (creating a new store: "
+          f"{results['store_create_s']:.2f}s, once); "
+          f"load average {results['load_average_at_start']:.1f} → {results['load_average_at_end']:.1f}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"bench_grid-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(f"saved {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+if __name__ == "__main__":
+    main()
