@@ -41,6 +41,9 @@ def run(cfg: DictConfig) -> float:
         conf = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation that cannot resolve
         raise ConfigError(f"config: {e}".splitlines()[0]) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: required; add {missing[0]}=<value>")
     validate(conf)
     params = _flatten(conf)
     tracker = _tracker(cfg)
@@ -206,7 +209,7 @@ def _save_checkpoint(tracker, state, objective, probes, optimizer, params):
         "step": state["step"],
         "theta": state["theta"].detach().cpu().clone(),
         "n_evals": objective.n_evals,
-        "probes": {name: dict(p.__dict__) for name, p in probes.items()},
+        "probes": {name: _history(p) for name, p in probes.items()},
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state(),
         "optimizer": optimizer.state() if hasattr(optimizer, "state") else None,
@@ -216,6 +219,13 @@ def _save_checkpoint(tracker, state, objective, probes, optimizer, params):
         path = Path(tmp) / Path(CHECKPOINT).name
         torch.save(ckpt, path)
         tracker.log_artifact(path, str(Path(CHECKPOINT).parent))
+
+
+def _history(probe) -> dict:
+    """What a probe recorded (lists, tuples, scalars), not the constant operators it built
+    from the data (kernels, DFT matrices: numpy arrays), which the resumed run rebuilds."""
+    kept = (list, tuple, dict, int, float, str, bool, type(None))
+    return {k: v for k, v in probe.__dict__.items() if isinstance(v, kept)}
 
 
 def _load_checkpoint(tracker, run_id, params):

@@ -14,37 +14,38 @@ from fpdsl.errors import ConfigError
 
 GROUPS = ("dataset", "model", "loss", "optimizer")
 # arguments the runner supplies at instantiate time, never written in config
-RUNTIME_ARGS = {"model": {"in_dim", "out_dim"}, "probe": {"data", "name"}}
+RUNTIME_ARGS = {"model": {"in_dim", "out_dim"}, "loss": {"data"}, "probe": {"data", "name"}}
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
+# run-level settings: every key must be present (conf/config.yaml gives them all)
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_steps: Optional[Annotated[int, Field(ge=1)]] = 2000
-    max_evals: Optional[Annotated[int, Field(ge=1)]] = None
+    max_steps: Optional[Annotated[int, Field(ge=1)]]
+    max_evals: Optional[Annotated[int, Field(ge=1)]]
 
 
 class Tracking(BaseModel):
     model_config = ConfigDict(extra="forbid")
     uri: Annotated[str, Field(min_length=1)]
-    experiment: Annotated[str, Field(min_length=1)] = "fpdsl"
+    experiment: Annotated[str, Field(min_length=1)]
 
 
 class Checkpoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    every: Optional[Annotated[int, Field(ge=1)]] = 500
+    every: Optional[Annotated[int, Field(ge=1)]]
 
 
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seed: int = 0
-    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")] = "cpu"
-    threads: Optional[Annotated[int, Field(ge=1)]] = None
-    progress: Literal["auto", "on", "off"] = "auto"
+    seed: int
+    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")]
+    threads: Optional[Annotated[int, Field(ge=1)]]
+    progress: Literal["auto", "on", "off"]
     budget: Budget
     tracking: Tracking
     checkpoint: Checkpoint
-    resume: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = None
+    resume: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]]
 
 
 def validate(cfg: dict) -> None:
@@ -64,7 +65,7 @@ def validate(cfg: dict) -> None:
     try:
         RunSettings.model_validate(run_level)
     except ValidationError as e:
-        raise ConfigError(_describe(e, prefix="", value_of=lambda loc: _get(run_level, loc))) from None
+        raise ConfigError(_describe(e, prefix="", value=run_level)) from None
 
 
 def check_node(node: dict, path: str, runtime: set[str] = frozenset()) -> None:
@@ -127,26 +128,28 @@ def _check_value(annotation, value, key: str) -> None:
     try:
         adapter.validate_python(value)
     except ValidationError as e:
-        raise ConfigError(_describe(e, prefix=key, value_of=lambda loc: value)) from None
+        raise ConfigError(_describe(e, prefix=key, value=value)) from None
 
 
-def _describe(e: ValidationError, prefix: str, value_of) -> str:
+def _describe(e: ValidationError, prefix: str, value) -> str:
     err = e.errors()[0]
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "constrained-", "union["))]
+    # pydantic's loc mixes real keys and list indices with tags of union members
+    # ("literal['a','b']", "str"); keep only the parts that name something in the value
+    loc, node = [], value
+    for part in err["loc"]:
+        if isinstance(node, dict) and part in node:
+            loc.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            loc.append(str(part))
+            node = node[part]
     key = ".".join([prefix] + loc if prefix else loc) or prefix
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key; remove it or check its spelling"
     if err["type"] == "missing":
+        key = ".".join([prefix] + [str(p) for p in err["loc"]] if prefix else [str(p) for p in err["loc"]])
         return f"{key}: missing; add {key}=<value>"
-    got = err.get("input", value_of(err["loc"]))
+    got = err.get("input", node)
     return f"{key}: {msg[0].lower() + msg[1:]} (got {got!r})"
 
-
-def _get(d, loc):
-    for p in loc:
-        if isinstance(d, dict) and p in d:
-            d = d[p]
-        else:
-            return None
-    return d

@@ -46,6 +46,8 @@ def test_each_family_trains_and_records(cli, tmp_path, family):
 def test_sweep_of_two_values_gives_two_runs(cli, tmp_path):
     cli("-m", "model.width=8,12", *[o for o in TINY if not o.startswith("model.width")])
     _, runs = mlflow_runs(tmp_path)
+    (sweep,) = [r for r in runs if r.data.tags.get("fpdsl.role") == "sweep"]  # the sweep's parent run
+    runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
     assert sorted(r.data.params["model.width"] for r in runs) == ["12", "8"]
     assert all(r.info.status == "FINISHED" for r in runs)
 

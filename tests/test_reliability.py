@@ -165,5 +165,5 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path, optimizer):
         run_in_process(d, f"optimizer={optimizer}", *TINY, "seed=3")
         client, (run,) = mlflow_runs(d)
         histories.append({k: [(m.step, repr(m.value)) for m in client.get_metric_history(run.info.run_id, k)]
-                          for k in run.data.metrics if k not in ("train_seconds", "evals_per_second")})
+                          for k in run.data.metrics if not k.endswith(("seconds", "per_second"))})  # wall time differs
     assert histories[0] == histories[1]
