@@ -167,3 +167,22 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path, optimizer):
         histories.append({k: [(m.step, repr(m.value)) for m in client.get_metric_history(run.info.run_id, k)]
                           for k in run.data.metrics if not k.endswith(("seconds", "per_second"))})  # wall time differs
     assert histories[0] == histories[1]
+
+
+EXACT_RESUME = ["adam", "lbfgs"]
+
+
+@pytest.mark.parametrize("optimizer", EXACT_RESUME)
+def test_resume_is_exact_where_the_family_exposes_its_state(tmp_path, optimizer):
+    base = [f"optimizer={optimizer}", *TINY[:3], "probe.spectrum.every=5", "checkpoint.every=10"]
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "split").mkdir()
+    run_in_process(tmp_path / "straight", *base, "budget.max_steps=30")
+    run_in_process(tmp_path / "split", *base, "budget.max_steps=15")
+    _, (first,) = mlflow_runs(tmp_path / "split")
+    run_in_process(tmp_path / "split", *base, "budget.max_steps=30", f"resume={first.info.run_id}")
+    histories = []
+    for d in ("straight", "split"):
+        client, (run,) = mlflow_runs(tmp_path / d)
+        histories.append([(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")])
+    assert histories[0] == histories[1]

@@ -16,10 +16,21 @@ class TorchOptimizer:
             optimizer([torch.zeros(1, requires_grad=True)])
         except (ValueError, TypeError) as e:
             raise ConfigError(f"optimizer.optimizer: {e}; fix the value under optimizer.optimizer") from None
+        self._opt = None
+        self._resume = None
+
+    def state(self) -> dict | None:
+        """The optimizer's own state (moments, L-BFGS history) for a checkpoint."""
+        return None if self._opt is None else {"optimizer": self._opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self._resume = state
 
     def run(self, objective, budget, on_step):
         theta = objective.theta0.clone().requires_grad_(True)
-        opt = self.make([theta])
+        opt = self._opt = self.make([theta])
+        if self._resume is not None:
+            opt.load_state_dict(self._resume["optimizer"])
 
         def closure():
             opt.zero_grad(set_to_none=False)
