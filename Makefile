@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-all bench ui clean
+.PHONY: run test test-all bench ui clean report reproduce
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +19,23 @@ test: $(STAMP)           ## the default suite (slow tests deselected); pytest's 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
+bench: $(STAMP)          ## measured ratios (population engines, scipy threads, probes, logging, start-up); a few minutes
+	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) benchmarks/bench_grid.py $(filter --quick,$(ARGS))
+
 ui: $(STAMP)             ## MLflow UI on the default store, http://127.0.0.1:5000 (one worker, no job runners)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+report: $(STAMP)         ## comparison report from the default store: reports/<time>/report.md (+ a summary run)
+	$(PY) -m fpdsl.report $(ARGS)
+
+# every seed experiment, two jobs at a time, then the report; one sweep (parent run) per group
+GROUPS := fprinciple highdim spectral_bias remove_bias condensation
+reproduce: $(STAMP)      ## every seed experiment (conf/experiment/), then reports/reproduce/report.md
+	for g in $(GROUPS); do \
+	  $(PY) -m fpdsl -m hydra/launcher=joblib "+experiment=glob($${g}_*)" tracking.experiment=$$g $(ARGS) || exit 1; \
+	done
+	$(PY) -m fpdsl.report $(foreach g,$(GROUPS),-e $(g)) --out reports/reproduce
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fpdsl.optim.nevergrad_family import NevergradOptimizer
-from fpdsl.optim.population import PSO
+from fpdsl.optim.population import DE, PSO, SNES
 from fpdsl.optim.scipy_family import ScipyOptimizer
 from fpdsl.optim.torch_family import TorchOptimizer
 
@@ -22,4 +22,4 @@ class Budget:
     max_evals: Optional[int]
 
 
-__all__ = ["Budget", "NevergradOptimizer", "PSO", "ScipyOptimizer", "TorchOptimizer"]
+__all__ = ["Budget", "DE", "NevergradOptimizer", "PSO", "SNES", "ScipyOptimizer", "TorchOptimizer"]

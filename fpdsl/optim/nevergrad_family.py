@@ -45,19 +45,24 @@ class NevergradOptimizer:
         total = budget.max_evals or (budget.max_steps or 1000) * self.batch
         opt = ng.optimizers.registry[self.name](parametrization=param, budget=total, num_workers=self.batch)
 
-        best_x, best_f, step = objective.theta0.clone(), float("inf"), 0
-        while True:
-            cands = [opt.ask() for _ in range(self.batch)]
+        best_x, best_f, step, left = objective.theta0.clone(), float("inf"), 0, budget.max_evals
+        while left is None or left > 0:
+            k = self.batch if left is None else min(self.batch, left)  # the last batch fits the budget
+            cands = [opt.ask() for _ in range(k)]
             thetas = torch.from_numpy(np.stack([c.value for c in cands]))
             losses = objective.population_loss(thetas).double().cpu().numpy()
+            losses[np.isnan(losses)] = np.inf
             for c, f in zip(cands, losses):
                 opt.tell(c, float(f))
+            if left is not None:
+                left -= k
             i = int(np.argmin(losses))
             if losses[i] < best_f:
                 best_f, best_x = float(losses[i]), thetas[i].to(objective.theta0)
             step += 1
             if on_step(step, best_x, objective.n_evals, best_f):
-                return best_x
+                break
+        return best_x
 
 
 def _cma_without_tpa():

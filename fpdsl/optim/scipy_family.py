@@ -1,21 +1,26 @@
 """scipy.optimize.minimize family (CG, BFGS, L-BFGS-B, Powell, Nelder-Mead, ...).
 
-Runs in float64 with zero-copy numpy↔torch. OpenBLAS (used by scipy's own linear
-algebra) is held to `blas_threads` while torch keeps its pool: two pools spinning on
-the same cores made L-BFGS-B many times slower (see benchmarks/).
+Runs in float64 with zero-copy numpy↔torch (scipy's x is viewed as the parameter
+tensor; the gradient comes back as a view on torch's buffer). Both thread pools are set
+for the run: torch's OpenMP pool (torch_threads) and OpenBLAS under scipy (blas_threads,
+through threadpoolctl). With both at their defaults on a 2-core machine the idle pool
+spins on the cores the other needs, and L-BFGS-B ran 10-20× slower; one thread each was
+the fastest of the four combinations at the sizes this project trains (benchmarks/).
 """
 from __future__ import annotations
 
+import time
 import warnings
-from contextlib import nullcontext
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
 from pydantic import Field
 
-# above this many parameters scipy's dense BFGS update (P×P products) dominates the run
-DENSE_BFGS_WARN = 2000
+# above this many parameters scipy's dense BFGS update (two P×P matrix products per
+# iteration) costs more than a loss-and-gradient evaluation of the default problem
+# (201 points) and grows as P³ (benchmarks/bench.py, "bfgs" rows)
+DENSE_BFGS_WARN = 300
 _EVAL_OPTION = {"powell": "maxfev", "nelder-mead": "maxfev", "l-bfgs-b": "maxfun", "tnc": "maxfun"}
 
 
@@ -29,24 +34,27 @@ class ScipyOptimizer:
         method: str = "L-BFGS-B",
         jac: bool = True,
         options: Optional[dict[str, Any]] = None,
+        torch_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
         blas_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
         dtype: Literal["float32", "float64"] = "float64",
     ):
         self.method = method
         self.jac = jac
         self.options = dict(options or {})
-        self.blas_threads = blas_threads
+        self.torch_threads = torch_threads  # None: leave torch's pool as the run set it
+        self.blas_threads = blas_threads  # None: leave OpenBLAS as it is
         self.dtype = dtype
+        self.objective_seconds = 0.0  # time inside the objective during the last run (scipy's own: the rest)
 
     def run(self, objective, budget, on_step):
         from scipy.optimize import minimize
-        from threadpoolctl import threadpool_limits
 
         method = self.method.lower()
         if method == "bfgs" and objective.n_params > DENSE_BFGS_WARN:
             warnings.warn(
-                f"optimizer=bfgs keeps a dense {objective.n_params}×{objective.n_params} inverse Hessian; "
-                "above ~2000 parameters its update dominates the run: use optimizer=lbfgsb",
+                f"optimizer=bfgs keeps a dense {objective.n_params}×{objective.n_params} inverse Hessian; above "
+                f"~{DENSE_BFGS_WARN} parameters its update costs more than the loss and grows as P³: "
+                "use optimizer=lbfgsb (same quasi-Newton idea, linear in P)",
                 stacklevel=2,
             )
         options = dict(self.options)
@@ -57,11 +65,15 @@ class ScipyOptimizer:
 
         best = {"x": objective.theta0.detach().cpu().double().numpy().copy(), "f": np.inf}
         raw = objective.loss_grad_numpy if self.jac else objective.loss_numpy
+        first_eval, inside = objective.n_evals, 0.0
 
         def fun(x):
-            if budget.max_evals and objective.n_evals >= budget.max_evals:
+            nonlocal inside
+            if budget.max_evals and objective.n_evals - first_eval >= budget.max_evals:
                 raise _OutOfEvals
+            t = time.perf_counter()
             out = raw(x)
+            inside += time.perf_counter() - t
             f = out[0] if self.jac else out
             if f < best["f"]:
                 best["f"], best["x"] = f, x.copy()
@@ -76,12 +88,34 @@ class ScipyOptimizer:
             if on_step(step, x, objective.n_evals, float(intermediate_result.fun)):
                 raise StopIteration
 
-        limit = threadpool_limits(self.blas_threads, user_api="blas") if self.blas_threads else nullcontext()
-        with limit:
+        with _threads(self.torch_threads, self.blas_threads):
             try:
                 res = minimize(fun, best["x"].copy(), jac=self.jac, method=self.method, callback=callback, options=options)
                 x = res.x
             except _OutOfEvals:
                 x = best["x"]
+            finally:
+                self.objective_seconds = inside
         return torch.from_numpy(np.ascontiguousarray(x)).to(objective.device)
 
+
+class _threads:
+    """torch's intra-op pool and OpenBLAS held to the given sizes for a block, then restored."""
+
+    def __init__(self, torch_threads, blas_threads):
+        self.torch_threads, self.blas_threads = torch_threads, blas_threads
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+
+        self.saved = torch.get_num_threads()
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        self.limit = threadpool_limits(self.blas_threads, user_api="blas") if self.blas_threads else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.limit is not None:
+            self.limit.restore_original_limits()
+        torch.set_num_threads(self.saved)
+        return False

@@ -1,0 +1,398 @@
+"""fpdsl's performance claims, measured side by side in one run (`make bench`).
+
+Sections (each prints a table; everything lands in one JSON under benchmarks/results/):
+  population  raw batched forward vs fpdsl's PSO/DE/SNES vs nevergrad (ask/tell, minimize),
+              widths 50 and 200 × populations 50 and 200
+  scipy       L-BFGS-B and CG: default threads vs forced single vs the other combinations,
+              and scipy's own share of the run (outside the objective)
+  bfgs        scipy's dense BFGS update against one loss-and-gradient evaluation, by size
+  overhead    probes and MLflow logging as fractions of whole in-process runs
+  startup     command → first training step, per optimizer family (subprocesses)
+
+On a shared machine absolute times wander; the claims are ratios, measured in
+interleaved rounds (best round per contender) so that a burst of load hits all alike.
+
+    python benchmarks/bench.py [--quick] [--only population,scipy,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fpdsl.data import Sines1D  # noqa: E402
+from fpdsl.losses import MSE  # noqa: E402
+from fpdsl.models import MLP  # noqa: E402
+from fpdsl.objective import Objective  # noqa: E402
+from fpdsl.optim import DE, PSO, SNES, Budget, NevergradOptimizer, ScipyOptimizer  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def objective(width, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    data = Sines1D()  # the default experiment's data: 201 points, sin x + sin 3x + sin 5x
+    return Objective(MLP(1, 1, width=width), data.x, data.y, MSE(), dtype=dtype)
+
+
+def interleaved(contenders: dict, rounds: int) -> dict:
+    """contenders: name → fn() returning (evaluations, seconds). Best throughput per name."""
+    best = {k: 0.0 for k in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            n, sec = fn()
+            best[name] = max(best[name], n / sec)
+    return best
+
+
+# -- population ----------------------------------------------------------------------------
+def bench_population(quick: bool, threads: int) -> list[dict]:
+    """Each contender's slice runs right after a slice of the raw batched forward pass (the
+    objective's population_loss on a fixed Θ in a loop); the claim is the median over
+    rounds of these paired ratios. With one thread the clock is the process's CPU time,
+    which other jobs on a shared machine do not inflate; otherwise wall time."""
+    clock = time.process_time if threads == 1 else time.perf_counter
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    slice_s = 0.05 if quick else 0.12  # seconds per contender per round, at least min_gens generations
+    min_gens = 10 if quick else 30
+    rounds = 3 if quick else 9
+    rng = random.Random(0)
+    for width in (50, 200):
+        for S in (50, 200):
+            obj = objective(width)
+            thetas = obj.theta0 + 0.1 * torch.randn(S, obj.n_params)
+            gens = max(min_gens, int(slice_s / _calibrate(lambda: obj.population_loss(thetas))))
+
+            def raw(kernel=True):
+                saved_kernel, obj.kernel = obj.kernel, (obj.kernel if kernel else None)
+                t = clock()
+                for _ in range(gens):
+                    obj.population_loss(thetas)
+                obj.kernel = saved_kernel
+                return gens * S, clock() - t
+
+            def engine(make, g=gens):
+                def fn():
+                    o = objective(width)
+                    t = clock()
+                    make().run(o, Budget(g, None), lambda step, *a: step >= g)
+                    return o.n_evals, clock() - t
+
+                return fn
+
+            ng_gens = max(2, int(slice_s / (S * 4e-4)))  # nevergrad: ~0.4 ms of its own per candidate
+            contenders = {
+                "raw_vmap": lambda: raw(kernel=False),
+                "pso": engine(lambda: PSO(popsize=S)),
+                "de": engine(lambda: DE(popsize=S)),
+                "snes": engine(lambda: SNES(popsize=S)),
+                "ng_pso_ask_tell": engine(lambda: NevergradOptimizer("PSO", batch=S), ng_gens),
+                "ng_de_ask_tell": engine(lambda: NevergradOptimizer("DE", batch=S), ng_gens),
+                "ng_pso_minimize": lambda: _ng_minimize(width, ng_gens * S, clock),
+            }
+            speed = {k: [] for k in ["raw", *contenders]}
+            ratio = {k: [] for k in contenders}
+            for _ in range(rounds):
+                for name in rng.sample(list(contenders), len(contenders)):
+                    n0, t0 = raw()
+                    n, t = contenders[name]()
+                    speed["raw"].append(n0 / t0)
+                    speed[name].append(n / t)
+                    ratio[name].append((n / t) / (n0 / t0))
+            row = {"width": width, "popsize": S, "params": obj.n_params, "rounds": rounds, "generations": gens,
+                   "evals_per_s": {k: float(np.median(v)) for k, v in speed.items()},
+                   "ratio_to_raw": {"raw": 1.0, **{k: float(np.median(v)) for k, v in ratio.items()}},
+                   "ratio_to_raw_quartiles": {k: [float(q) for q in np.percentile(v, [25, 75])] for k, v in ratio.items()}}
+            row["pso_over_ng_ask_tell"] = row["ratio_to_raw"]["pso"] / row["ratio_to_raw"]["ng_pso_ask_tell"]
+            rows.append(row)
+            print(f"  width {width:3d} pop {S:3d}: raw {row['evals_per_s']['raw']:,.0f}/s; "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in row["ratio_to_raw"].items() if k != "raw"), flush=True)
+    torch.set_num_threads(saved)
+    return rows
+
+
+def _calibrate(fn, n=3):
+    fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def _ng_minimize(width, budget, clock):
+    """nevergrad's own loop: opt.minimize(f), one candidate per call of f."""
+    import nevergrad as ng
+
+    o = objective(width)
+    param = ng.p.Array(init=o.theta0.double().numpy()).set_mutation(sigma=0.1)
+    opt = ng.optimizers.registry["PSO"](parametrization=param, budget=budget, num_workers=1)
+    t = clock()
+    with torch.no_grad():
+        opt.minimize(lambda th: float(o.loss(torch.from_numpy(th).float())))
+    return o.n_evals, clock() - t
+
+
+# -- scipy ---------------------------------------------------------------------------------
+SCIPY_THREADS = {
+    "default": {},  # the adapter's own defaults
+    "single (1, 1)": {"torch_threads": 1, "blas_threads": 1},
+    "torch 2, blas 1": {"torch_threads": 2, "blas_threads": 1},
+    "torch 1, blas 2": {"torch_threads": 1, "blas_threads": 2},
+    "both 2 (no limits)": {"torch_threads": 2, "blas_threads": 2},
+}
+
+
+def bench_scipy(quick: bool) -> list[dict]:
+    rows = []
+    iters = 60 if quick else 150
+    rounds = 1 if quick else 3
+    for method in ("L-BFGS-B", "CG"):
+        for width in (50, 200):
+            best = {k: (math.inf, None, None) for k in SCIPY_THREADS}
+            for _ in range(rounds):
+                for name, threads in SCIPY_THREADS.items():
+                    o = objective(width, torch.float64)
+                    opt = ScipyOptimizer(method, **threads)
+                    last = {}
+
+                    def on_step(step, theta, n_evals, loss):
+                        last["loss"] = loss
+                        return step >= iters
+
+                    t = time.perf_counter()
+                    opt.run(o, Budget(iters, None), on_step)
+                    sec = time.perf_counter() - t
+                    if sec < best[name][0]:
+                        best[name] = (sec, 1 - opt.objective_seconds / sec, last["loss"])
+            single = best["single (1, 1)"][0]
+            row = {
+                "method": method,
+                "width": width,
+                "iterations": iters,
+                "seconds": {k: v[0] for k, v in best.items()},
+                "speed_vs_single": {k: single / v[0] for k, v in best.items()},
+                "scipy_own_fraction": {k: v[1] for k, v in best.items()},
+                "final_loss": {k: v[2] for k, v in best.items()},
+            }
+            rows.append(row)
+            print(f"  {method:8s} width {width:3d}: " + ", ".join(
+                f"{k} {v[0]:.3f}s (scipy own {v[1]:.0%})" for k, v in best.items()), flush=True)
+    return rows
+
+
+def bench_bfgs(quick: bool) -> list[dict]:
+    """Cost of scipy's dense BFGS update (A1 (H A2) + ρ s sᵀ, as in scipy) against one
+    loss-and-gradient evaluation of the default problem, by parameter count (one thread each)."""
+    from threadpoolctl import threadpool_limits
+
+    rows = []
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1, user_api="blas"):
+        for width in (25, 50, 100, 150, 200, 400):
+            o = objective(width, torch.float64)
+            P = o.n_params
+            x = o.theta0.numpy().copy()
+            evaluate = _calibrate(lambda: o.loss_grad_numpy(x), 20)
+            rng = np.random.default_rng(0)
+            H, s, y, eye = np.eye(P), rng.standard_normal(P), rng.standard_normal(P), np.eye(P)
+
+            def update():
+                A1 = eye - s[:, None] * y[None, :] * 0.1
+                A2 = eye - y[:, None] * s[None, :] * 0.1
+                return np.dot(A1, np.dot(H, A2)) + 0.1 * s[:, None] * s[None, :]
+
+            dense = _calibrate(update, 3 if quick or P > 1000 else 10)
+            rows.append({"width": width, "params": P, "update_ms": dense * 1e3, "loss_grad_ms": evaluate * 1e3,
+                         "update_over_eval": dense / evaluate})
+            print(f"  P {P:5d}: dense update {dense * 1e3:7.2f} ms, loss+grad {evaluate * 1e3:6.2f} ms, "
+                  f"ratio {dense / evaluate:5.2f}", flush=True)
+    torch.set_num_threads(saved)
+    return rows
+
+
+# -- probe and logging overhead -------------------------------------------------------------
+def bench_overhead(quick: bool) -> list[dict]:
+    """Whole in-process runs of real configs; time inside the probes and inside MLflow."""
+    from hydra import compose, initialize_config_dir
+
+    import fpdsl.probes as probes_pkg
+    import fpdsl.tracking as tracking
+    from fpdsl.runner import run
+
+    clock = {"probe_observe": 0.0, "probe_finish": 0.0, "tracking": 0.0}
+    depth = {"tracking": 0}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            if key == "tracking":
+                depth["tracking"] += 1
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if key != "tracking" or depth["tracking"] == 1:
+                    clock[key] += time.perf_counter() - t
+                if key == "tracking":
+                    depth["tracking"] -= 1
+
+        return wrapper
+
+    probe_classes = {v for v in vars(probes_pkg).values() if isinstance(v, type) and hasattr(v, "observe")}
+    for cls in probe_classes:
+        cls.observe = timed(cls.observe, "probe_observe")
+        cls.finish = timed(cls.finish, "probe_finish")
+    for name, fn in list(vars(tracking.Tracker).items()):
+        if callable(fn) and not name.startswith("_"):
+            setattr(tracking.Tracker, name, timed(fn, "tracking"))
+
+    cases = {
+        "default (adam, 2000 steps)": [],
+        "pso (2000 generations of 50)": ["optimizer=pso"],
+        "lbfgsb (2000 iterations)": ["optimizer=lbfgsb"],
+    }
+    if quick:
+        cases = {k + ", 200 steps": v + ["budget.max_steps=200"] for k, v in cases.items()}
+    rows = []
+    os.environ["FPDSL_SUMMARY"] = "0"
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        run(compose("config", [f"tracking.uri={uri}", "budget.max_steps=20", "progress=off"]))  # imports, store schema
+        for label, overrides in cases.items():
+            for k in clock:
+                clock[k] = 0.0
+            cfg = compose("config", [f"tracking.uri={uri}", "progress=off", *overrides])
+            t = time.perf_counter()
+            run(cfg)
+            wall = time.perf_counter() - t
+            row = {"run": label, "wall_s": wall, **{f"{k}_s": v for k, v in clock.items()},
+                   "probe_observe_fraction": clock["probe_observe"] / wall,
+                   "probe_fraction": (clock["probe_observe"] + clock["probe_finish"]) / wall,
+                   "tracking_fraction": clock["tracking"] / wall}
+            rows.append(row)
+            print(f"  {label}: {wall:.2f}s, probes {row['probe_fraction']:.1%} (observe {row['probe_observe_fraction']:.1%}), "
+                  f"MLflow {row['tracking_fraction']:.1%}", flush=True)
+    return rows
+
+
+# -- start-up ------------------------------------------------------------------------------
+def bench_startup(quick: bool) -> list[dict]:
+    """Wall time from spawning `python -m fpdsl ...` to the optimizer's first step."""
+    rows = []
+    repeats = 1 if quick else 2
+    tiny = ["budget.max_steps=3", "progress=off"]
+    cases = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+        "optimizer=adam (torch)": ["optimizer=adam"],
+        "optimizer=pso (population)": ["optimizer=pso"],
+        "optimizer=lbfgsb (scipy)": ["optimizer=lbfgsb"],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", FPDSL_SUMMARY="0")
+        env.pop("CI", None)
+        subprocess.run([sys.executable, "-m", "fpdsl", *tiny], cwd=tmp, env=env, capture_output=True, check=True)
+        for label, args in cases.items():
+            times = []
+            for _ in range(repeats):
+                marker = Path(tmp) / "first_step"
+                marker.unlink(missing_ok=True)
+                cmd = args if args[0] == sys.executable else [sys.executable, str(ROOT / "benchmarks" / "first_step.py"), *args, *tiny]
+                env["FPDSL_BENCH_T0"], env["FPDSL_BENCH_MARK"] = repr(time.time()), str(marker)
+                t = time.time()
+                subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, check=True)
+                times.append(float(marker.read_text()) if marker.exists() else time.time() - t)
+            rows.append({"case": label, "seconds": min(times)})
+            print(f"  {label}: {min(times):.2f}s", flush=True)
+    return rows
+
+
+# -- report --------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def table(results: dict) -> str:
+    out = []
+    if "population" in results:
+        out += ["| width | pop | raw batched (evals/s) | pso | de | snes | nevergrad PSO ask/tell | nevergrad PSO minimize | pso ÷ ng ask/tell |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["population"]:
+            e, q = r["evals_per_s"], r["ratio_to_raw"]
+            out.append(f"| {r['width']} | {r['popsize']} | {e['raw']:,.0f} (vmap {q['raw_vmap']:.0%}) | {q['pso']:.0%} | {q['de']:.0%} "
+                       f"| {q['snes']:.0%} | {q['ng_pso_ask_tell']:.0%} | {q['ng_pso_minimize']:.0%} | {r['pso_over_ng_ask_tell']:.1f}× |")
+    if "scipy" in results:
+        names = list(SCIPY_THREADS)
+        out += ["", "| scipy | width | " + " | ".join(f"{n} (speed vs single)" for n in names) + " | scipy's own share (default) |",
+                "|---|---|" + "---|" * (len(names) + 1)]
+        for r in results["scipy"]:
+            out.append(f"| {r['method']} | {r['width']} | " + " | ".join(f"{r['speed_vs_single'][n]:.2f}×" for n in names)
+                       + f" | {r['scipy_own_fraction']['default']:.0%} |")
+    if "bfgs" in results:
+        out += ["", "| BFGS params | dense update / one loss+grad |", "|---|---|"]
+        out += [f"| {r['params']} | {r['update_over_eval']:.2f} |" for r in results["bfgs"]]
+    if "overhead" in results:
+        out += ["", "| run | wall | probes (observe + finish) | MLflow |", "|---|---|---|---|"]
+        out += [f"| {r['run']} | {r['wall_s']:.1f}s | {r['probe_fraction']:.1%} ({r['probe_observe_fraction']:.1%} + "
+                f"{r['probe_finish_s'] / r['wall_s']:.1%}) | {r['tracking_fraction']:.1%} |" for r in results["overhead"]]
+    if "startup" in results:
+        out += ["", "| start-up: command → first training step | seconds |", "|---|---|"]
+        out += [f"| {r['case']} | {r['seconds']:.2f} |" for r in results["startup"]]
+    return "\n".join(out)
+
+
+SECTIONS = {"population": bench_population, "scipy": bench_scipy, "bfgs": bench_bfgs, "overhead": bench_overhead,
+            "startup": bench_startup}
+
+
+def main():
+    warnings.filterwarnings("ignore", module="nevergrad")  # "clipping very high value": nevergrad's PSO strays
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter runs (a smoke check, not the claim)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the population section (1: timed in CPU seconds, robust to other jobs)")
+    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench-<date>.json)")
+    args = ap.parse_args()
+    results = {"machine": machine(), "quick": args.quick, "population_threads": args.threads}
+    started = time.perf_counter()
+    for name in args.only.split(","):
+        print(f"[{name}]", flush=True)
+        results[name] = SECTIONS[name](args.quick, args.threads) if name == "population" else SECTIONS[name](args.quick)
+    results["seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print()
+    print(table(results))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=1, default=float))
+    print(f"\n{results['seconds']:.0f}s; saved {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+if __name__ == "__main__":
+    main()

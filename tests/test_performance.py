@@ -1,0 +1,267 @@
+"""Correctness of the fast paths (speed itself is measured by `make bench`, not here):
+the batched population loss equals the per-vector loss, the population engines spend
+exactly their budget, and threaded and single-threaded scipy runs agree."""
+import inspect
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+from threadpoolctl import threadpool_info
+from torch import nn
+
+from fpdsl.losses import MSE
+from fpdsl.models import ACTIVATIONS, MLP
+from fpdsl.objective import Objective
+from fpdsl.optim import DE, PSO, SNES, Budget, NevergradOptimizer, ScipyOptimizer
+from fpdsl.optim import scipy_family
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
+
+
+def problem(model, n=23, in_dim=1, out_dim=1, dtype=torch.float32, device="cpu", seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, (n, in_dim))
+    y = rng.standard_normal((n, out_dim))
+    return Objective(model, x, y, MSE(), dtype=dtype, device=device)
+
+
+def per_vector(obj, thetas):
+    """Ground truth: the module's own forward pass, one θ at a time, through its own parameters."""
+    out = []
+    with torch.no_grad():
+        for t in thetas:
+            obj.load(t)
+            out.append(obj.loss_fn(obj.model(obj.x), obj.y))
+    return torch.stack(out)
+
+
+def assert_same(batched, reference, dtype):
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    scale = reference.abs().max().clamp(min=1)
+    assert float((batched - reference).abs().max() / scale) < tol, (batched, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_population_loss_equals_per_vector_loss(activation, depth, dtype):
+    torch.manual_seed(0)
+    obj = problem(MLP(1, 1, width=9, depth=depth, activation=activation), dtype=dtype)
+    assert obj.kernel is not None  # the specialised batched-matmul path
+    thetas = obj.theta0 + 0.3 * torch.randn(6, obj.n_params, dtype=dtype)
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), dtype)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("in_dim,out_dim", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "xtanh"])
+def test_mlp_kernel_shapes_and_bias(activation, in_dim, out_dim, bias):
+    torch.manual_seed(1)
+    obj = problem(MLP(in_dim, out_dim, width=7, depth=2, activation=activation, bias=bias), in_dim=in_dim, out_dim=out_dim)
+    thetas = obj.theta0 + 0.3 * torch.randn(5, obj.n_params)
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), torch.float32)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_single_vector_loss_and_gradient_equal_the_modules(activation):
+    """forward() takes the batched path for a plain MLP too; autograd through it agrees."""
+    torch.manual_seed(9)
+    obj = problem(MLP(1, 1, width=6, depth=2, activation=activation), dtype=torch.float64)
+    x = (obj.theta0 + 0.3 * torch.randn(obj.n_params, dtype=torch.float64)).numpy()
+    f, g = obj.loss_grad_numpy(x)
+    obj.kernel = None  # torch.func.functional_call on the module
+    f_ref, g_ref = obj.loss_grad_numpy(x)
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-9, atol=1e-12)
+
+
+def _small(node: dict) -> dict:
+    """Shrink a model config so the test runs in milliseconds."""
+    params = inspect.signature(get_object(node["_target_"])).parameters
+    for key, value in {"width": 8, "n_features": 4, "depth": 2}.items():
+        if key in params:
+            node[key] = value
+    return node
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_every_model_option_population_loss_equals_per_vector_loss(option):
+    torch.manual_seed(2)
+    node = _small(OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{option}.yaml")))
+    obj = problem(instantiate(node, in_dim=1, out_dim=1))
+    thetas = obj.theta0 + 0.05 * torch.randn(5, obj.n_params)
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), torch.float32)
+    obj.kernel = None  # the generic vmap path agrees too
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), torch.float32)
+
+
+class _NotVmappable(nn.Module):
+    """A model with a buffer and a data-dependent Python branch (vmap cannot batch .item())."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 4)
+        self.out = nn.Linear(4, 1)
+        self.register_buffer("shift", torch.tensor(0.5))
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x) + self.shift)
+        if self.lin.weight.sum().item() > 0:
+            h = 2 * h
+        return self.out(h)
+
+
+def test_generic_path_falls_back_to_a_loop_when_vmap_cannot_batch():
+    torch.manual_seed(3)
+    obj = problem(_NotVmappable())
+    assert obj.kernel is None
+    thetas = obj.theta0 + torch.randn(6, obj.n_params)
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), torch.float32)
+    assert obj.n_evals == 6
+
+
+def test_chunked_population_equals_one_call_and_counts_every_member():
+    torch.manual_seed(4)
+    obj = problem(MLP(1, 1, width=5))
+    thetas = obj.theta0 + 0.2 * torch.randn(10, obj.n_params)
+    whole = obj.population_loss(thetas)
+    obj.chunk = 3
+    assert torch.equal(obj.population_loss(thetas), whole)
+    assert obj.n_evals == 20
+
+
+def test_numpy_bridge_is_zero_copy_in_float64():
+    obj = problem(MLP(1, 1, width=5), dtype=torch.float64)
+    x = obj.theta0.numpy().copy()
+    assert obj._from_numpy(x).data_ptr() == x.ctypes.data
+    f, g = obj.loss_grad_numpy(x)
+    assert g.dtype == np.float64 and g.shape == x.shape and np.isfinite(f)
+
+
+ENGINES = {"pso": lambda: PSO(popsize=10), "de": lambda: DE(popsize=10, strategy="best1"), "snes": lambda: SNES(popsize=10)}
+
+
+def tiny_objective(seed=0):
+    torch.manual_seed(seed)
+    x = np.linspace(-np.pi, np.pi, 41)[:, None]
+    return Objective(MLP(1, 1, width=8), x, np.sin(x), MSE())
+
+
+def recorder(max_steps=None, max_evals=None):
+    calls = []
+
+    def on_step(step, theta, n_evals, loss):
+        calls.append((step, n_evals, loss, theta.clone()))
+        return step >= (max_steps or np.inf) or n_evals >= (max_evals or np.inf)
+
+    return calls, on_step
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_population_engine_lowers_the_loss_and_spends_exactly_its_budget(engine):
+    obj = tiny_objective()
+    start = float(obj.population_loss(obj.theta0[None])[0])
+    obj.n_evals = 0
+    calls, on_step = recorder(max_evals=205)
+    best = ENGINES[engine]().run(obj, Budget(None, 205), on_step)
+    assert obj.n_evals == 205  # 20 generations of 10, then 5 (the last one cut to the budget)
+    assert [c[1] for c in calls] == [10 * s for s in range(1, 21)] + [205]
+    losses = [c[2] for c in calls]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))  # best so far never worsens
+    assert losses[-1] < start
+    assert float(obj.population_loss(best[None])[0]) == pytest.approx(losses[-1], rel=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_population_engine_step_budget_and_seed(engine):
+    results = []
+    for _ in range(2):
+        obj = tiny_objective(seed=5)
+        calls, on_step = recorder(max_steps=7)
+        results.append(ENGINES[engine]().run(obj, Budget(7, None), on_step))
+        assert obj.n_evals == 70 and len(calls) == 7
+    assert torch.equal(results[0], results[1])  # torch.manual_seed fixes the run
+
+
+def test_nevergrad_batches_fit_the_budget():
+    obj = tiny_objective()
+    calls, on_step = recorder(max_evals=35)
+    NevergradOptimizer("OnePlusOne", batch=10).run(obj, Budget(None, 35), on_step)
+    assert obj.n_evals == 35 and [c[1] for c in calls] == [10, 20, 30, 35]
+
+
+def _openblas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "CG"])
+def test_scipy_threaded_and_single_threaded_runs_agree(method):
+    results, before = [], (torch.get_num_threads(), _openblas_threads())
+    for threads in ({"torch_threads": None, "blas_threads": None}, {"torch_threads": 1, "blas_threads": 1}):
+        torch.manual_seed(6)
+        x = np.linspace(-np.pi, np.pi, 201)[:, None]
+        obj = Objective(MLP(1, 1, width=64), x, np.sin(x) + np.sin(5 * x), MSE(), dtype=torch.float64)
+        calls, on_step = recorder(max_steps=60)
+        opt = ScipyOptimizer(method, **threads)
+        theta = opt.run(obj, Budget(60, None), on_step)
+        assert 0 < opt.objective_seconds
+        results.append((theta, calls[-1][2]))
+        assert (torch.get_num_threads(), _openblas_threads()) == before  # both pools restored
+    (t1, f1), (t2, f2) = results
+    assert f2 == pytest.approx(f1, rel=1e-6)
+    assert torch.allclose(t1, t2, rtol=1e-5, atol=1e-8)
+
+
+def test_bfgs_warns_only_above_the_dense_threshold():
+    small = scipy_family.DENSE_BFGS_WARN // 3 - 1  # width with 3w + 1 ≤ threshold
+    for width, warns in ((small, False), (small + 2, True)):
+        obj = tiny_objective()
+        obj = Objective(MLP(1, 1, width=width), obj.x.numpy(), obj.y.numpy(), MSE(), dtype=torch.float64)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ScipyOptimizer("BFGS").run(obj, Budget(2, None), recorder(max_steps=2)[1])
+        said = [str(w.message) for w in caught if "optimizer=bfgs" in str(w.message)]
+        assert bool(said) == warns, (width, said)
+        if warns:
+            assert "optimizer=lbfgsb" in said[0]
+
+
+@cuda
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_population_loss_on_gpu_matches_cpu(option):
+    torch.manual_seed(7)
+    node = _small(OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{option}.yaml")))
+    model = instantiate(node, in_dim=1, out_dim=1)
+    cpu = problem(model)
+    thetas = cpu.theta0 + 0.05 * torch.randn(5, cpu.n_params)
+    gpu = problem(model, device="cuda")
+    out = gpu.population_loss(thetas.cuda())
+    assert out.device.type == "cuda"
+    assert_same(out.cpu(), cpu.population_loss(thetas), torch.float32)
+
+
+@cuda
+@pytest.mark.parametrize("engine", ENGINES)
+def test_population_engines_run_on_gpu(engine):
+    torch.manual_seed(8)
+    x = np.linspace(-np.pi, np.pi, 41)[:, None]
+    obj = Objective(MLP(1, 1, width=8), x, np.sin(x), MSE(), device="cuda")
+    calls, on_step = recorder(max_steps=5)
+    best = ENGINES[engine]().run(obj, Budget(5, None), on_step)
+    assert best.device.type == "cuda" and all(c[3].device.type == "cuda" for c in calls)
+    assert obj.n_evals == 50
+
+
+@cuda
+@pytest.mark.parametrize("optimizer", ["pso", "adam", "lbfgsb"])
+def test_cli_runs_on_gpu(cli, tmp_path, optimizer):
+    from conftest import TINY, mlflow_runs
+
+    cli(f"optimizer={optimizer}", "device=cuda", *TINY)
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED"
