@@ -1,17 +1,19 @@
 """A grid on local parallel workers against the same grid one run after another, and
 what logging costs a run (`make bench`).
 
-  grid     the default experiment at seeds 0-3 as one sweep: Hydra's basic launcher
-           (sequential, one process, torch's default threads) against
+  grid     the default experiment at seeds 0-3, 10000 steps a run, as one sweep: Hydra's
+           basic launcher (sequential, one process, torch's default threads) against
            hydra/launcher=joblib with 2 workers (one thread each); wall time of the
-           whole command, in interleaved rounds, best round of each
+           whole command, in interleaved rounds, best round of each. Every worker pays
+           its own start-up (Python, torch, MLflow: seconds), so short runs gain less.
   logging  for every run of those sweeps, the time spent inside fpdsl's Tracker
-           (MLflow calls and the metric buffer, the run's tag `fpdsl.tracking_seconds`) over the
-           run's own time (MLflow start to end); opening the store is measured apart
+           (MLflow calls and the metric buffer, the run's tag `fpdsl.tracking_seconds`)
+           over the run's own time (MLflow start to end); importing MLflow and opening
+           the store are measured apart
 
 Claims: speed-up ≥ 1.6× on 2 cores; logging ≤ 5% of a run.
 
-    python benchmarks/bench_grid.py [--quick] [--rounds N]
+    python benchmarks/bench_grid.py [--quick] [--rounds N] [--steps N]
 """
 from __future__ import annotations
 
@@ -63,12 +65,13 @@ def logging_fractions(client, experiment: str) -> list[dict]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="500 steps a run and one round (a smoke check, not the claim)")
+    ap.add_argument("--quick", action="store_true", help="2000 steps a run and one round (a smoke check, not the claim)")
+    ap.add_argument("--steps", type=int, default=None, help="steps a run (default 10000, quick 2000)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2, quick 1)")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench_grid-<date>.json)")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
-    extra = ["budget.max_steps=500"] if args.quick else []
+    extra = [f"budget.max_steps={args.steps or (2000 if args.quick else 10000)}"]
 
     from fpdsl.tracking import Tracker
 

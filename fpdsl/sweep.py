@@ -144,15 +144,20 @@ class SweepCallback(Callback):
 
 
 def job_threads(config) -> int | None:
-    """`threads` when set; inside a local parallel sweep cores // jobs at once; else None (torch's default)."""
+    """Threads for one job: `threads` when set; in a sweep, cores // jobs at once on this
+    machine, or the job's own allocation elsewhere (SLURM's CPU set, Ray's OMP_NUM_THREADS);
+    a single run keeps torch's default (None)."""
     if config.get("threads"):
         return int(config.threads)
     from hydra.types import RunMode
 
     hydra = config.get("hydra")
-    multirun = hydra is not None and hydra.get("mode") == RunMode.MULTIRUN
-    env = os.environ.get(THREADS_ENV)
-    return int(env) if multirun and env else None
+    if hydra is None or hydra.get("mode") != RunMode.MULTIRUN:
+        return None
+    for var in (THREADS_ENV, "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    return cores()
 
 
 def limit_threads(n: int | None) -> None:

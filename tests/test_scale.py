@@ -226,4 +226,7 @@ def test_threads_setting_wins_and_single_runs_keep_torchs_default(monkeypatch):
     assert job_threads(OmegaConf.create({"threads": 2} | multirun)) == 2
     assert job_threads(OmegaConf.create({"threads": None, "hydra": {"mode": RunMode.RUN}})) is None
     monkeypatch.delenv(THREADS_ENV)
-    assert job_threads(OmegaConf.create({"threads": None} | multirun)) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # what Ray sets for a task of 4 CPUs
+    assert job_threads(OmegaConf.create({"threads": None} | multirun)) == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")  # a SLURM job: the CPUs of its allocation
+    assert job_threads(OmegaConf.create({"threads": None} | multirun)) == len(os.sched_getaffinity(0))
