@@ -98,7 +98,11 @@ def run(cfg: DictConfig) -> float:
         tracker.set_tags({"fpdsl.resumed_from_step": first, "fpdsl.resume_exact": ckpt.get("optimizer") is not None and hasattr(optimizer, "load_state")})
     print(f"fpdsl: run {run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')", flush=True)
 
-    state = {"step": first, "theta": objective.theta0, "loss": math.nan, "observed": -1}
+    state = {"step": first, "theta": objective.theta0, "loss": math.nan, "n_evals": objective.n_evals, "observed": -1, "logged": -1}
+    # every step's loss and evaluation count, in memory (cheap) and in probe_history.npz;
+    # MLflow gets them every tracking.every steps, since its cost per point rivals a training step
+    trace = ckpt.get("trace", {"step": [], "loss": [], "n_evals": []}) if ckpt else {"step": [], "loss": [], "n_evals": []}
+    log_every = cfg.tracking.every
     bar = _progress(cfg, cfg.budget.max_steps, first)
     every_ckpt = cfg.checkpoint.every
 
@@ -114,16 +118,22 @@ def run(cfg: DictConfig) -> float:
 
     def on_step(local_step, theta, n_evals, loss):
         step = first + local_step
-        state.update(step=step, theta=theta, loss=loss)
-        metrics = {"loss": loss, "n_evals": n_evals} | observe(step, theta)
-        tracker.log_metrics(metrics, step)
+        state.update(step=step, theta=theta, loss=loss, n_evals=n_evals)
+        for k, v in (("step", step), ("loss", loss), ("n_evals", n_evals)):
+            trace[k].append(v)
+        metrics = observe(step, theta)
+        if step % log_every == 0 or not math.isfinite(loss):
+            metrics |= {"loss": loss, "n_evals": n_evals}
+            state["logged"] = step
+        if metrics:
+            tracker.log_metrics(metrics, step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({"loss": f"{loss:.3e}", "evals": n_evals, "evals/s": f"{n_evals / max(bar.format_dict['elapsed'], 1e-9):.3g}"}, refresh=False)
         if not math.isfinite(loss):
             raise Diverged(step, loss)
         if every_ckpt and step % every_ckpt == 0 and local_step > 0:
-            _save_checkpoint(tracker, state, objective, probes, optimizer, params)
+            _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace)
         return step >= (cfg.budget.max_steps or math.inf) or n_evals >= (cfg.budget.max_evals or math.inf)
 
     status = "FAILED"
@@ -159,9 +169,11 @@ def run(cfg: DictConfig) -> float:
         if bar is not None:
             bar.close()
         try:
-            summary = _finish(tracker, probes, state["step"])
+            if state["logged"] != state["step"] and trace["step"]:
+                tracker.log_metrics({"loss": state["loss"], "n_evals": state["n_evals"]}, state["step"])
+            summary = _finish(tracker, probes, state["step"], {f"trace/{k}": np.asarray(v) for k, v in trace.items()})
             if status != "FINISHED" or every_ckpt:
-                _save_checkpoint(tracker, state, objective, probes, optimizer, params)
+                _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace)
         finally:
             tracker.end(status)
             _restore_signals(previous)
@@ -170,11 +182,11 @@ def run(cfg: DictConfig) -> float:
     return state["loss"]
 
 
-def _finish(tracker, probes, step) -> str:
+def _finish(tracker, probes, step, arrays) -> str:
     """Probes' summaries, figures and arrays go to MLflow, whatever ended the run."""
     import numpy as np
 
-    summary, arrays = "", {}
+    summary = ""
     for name, p in probes.items():
         if not p.steps:
             continue  # nothing recorded
@@ -199,7 +211,7 @@ def _finish(tracker, probes, step) -> str:
 
 
 # -- checkpoints ---------------------------------------------------------------
-def _save_checkpoint(tracker, state, objective, probes, optimizer, params):
+def _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace):
     """θ, evaluation count, probe history, RNG state and, where the family exposes it,
     the optimizer's own state, as one artifact that `resume=<run id>` reads back."""
     import numpy as np
@@ -214,6 +226,7 @@ def _save_checkpoint(tracker, state, objective, probes, optimizer, params):
         "numpy_rng": np.random.get_state(),
         "optimizer": optimizer.state() if hasattr(optimizer, "state") else None,
         "params": params,
+        "trace": trace,
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(CHECKPOINT).name

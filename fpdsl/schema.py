@@ -29,6 +29,7 @@ class Tracking(BaseModel):
     model_config = ConfigDict(extra="forbid")
     uri: Annotated[str, Field(min_length=1)]
     experiment: Annotated[str, Field(min_length=1)]
+    every: Annotated[int, Field(ge=1)]
 
 
 class Checkpoint(BaseModel):

@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # a tiny version of the default problem: seconds per CLI run
-TINY = ["dataset.n_points=64", "model.width=16", "budget.max_steps=30", "probe.spectrum.every=5"]
+TINY = ["dataset.n_points=64", "model.width=16", "budget.max_steps=30", "probe.spectrum.every=5", "tracking.every=1"]
 
 
 def run_cli(tmp_path, *overrides, check=True, timeout=300, env=None):

@@ -40,6 +40,7 @@ BAD = [
     ("threads=0", "threads"),
     ("progress=maybe", "progress"),
     ("checkpoint.every=0", "checkpoint.every"),
+    ("tracking.every=0", "tracking.every"),
     ("resume=xyz", "resume"),
     ("resume=0123456789abcdef0123456789abcdef", "resume"),
     ("optimizer.optimizer.lr=-1", "optimizer.optimizer"),
@@ -96,7 +97,7 @@ def _start(tmp_path, *overrides):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_flushes_writes_figures_and_ends_killed(tmp_path, sig, code):
-    proc = _start(tmp_path, "budget.max_steps=1000000", "dataset.n_points=64", "model.width=16", "probe.spectrum.every=5")
+    proc = _start(tmp_path, "budget.max_steps=1000000", "dataset.n_points=64", "model.width=16", "probe.spectrum.every=5", "tracking.every=1")
     line = proc.stdout.readline()  # "fpdsl: run <id> → ..." once training is about to start
     assert line.startswith("fpdsl: run"), line + proc.stderr.read()
     time.sleep(3)
@@ -113,7 +114,7 @@ def test_signal_flushes_writes_figures_and_ends_killed(tmp_path, sig, code):
 
 @pytest.mark.parametrize("optimizer,through_cli", [("adam", True), ("pso", True), ("lbfgsb", False), ("oneplusone", False)])
 def test_resume_continues_the_same_run(cli, tmp_path, optimizer, through_cli):
-    base = [f"optimizer={optimizer}", "dataset.n_points=64", "model.width=16", "probe.spectrum.every=5", "checkpoint.every=10"]
+    base = [f"optimizer={optimizer}", "dataset.n_points=64", "model.width=16", "probe.spectrum.every=5", "checkpoint.every=10", "tracking.every=1"]
     start = cli if through_cli else (lambda *o: run_in_process(tmp_path, *o))
     start(*base, "budget.max_steps=20")
     client, (run,) = mlflow_runs(tmp_path)
@@ -174,7 +175,7 @@ EXACT_RESUME = ["adam", "lbfgs"]
 
 @pytest.mark.parametrize("optimizer", EXACT_RESUME)
 def test_resume_is_exact_where_the_family_exposes_its_state(tmp_path, optimizer):
-    base = [f"optimizer={optimizer}", *TINY[:3], "probe.spectrum.every=5", "checkpoint.every=10"]
+    base = [f"optimizer={optimizer}", *TINY[:3], "probe.spectrum.every=5", "checkpoint.every=10", "tracking.every=1"]
     (tmp_path / "straight").mkdir()
     (tmp_path / "split").mkdir()
     run_in_process(tmp_path / "straight", *base, "budget.max_steps=30")
