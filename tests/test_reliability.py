@@ -53,6 +53,9 @@ BAD = [
     ("probe.spectrum.variant=phase", "probe.spectrum.variant"),
     ("probe.spectrum.eps=-1", "probe.spectrum.eps"),
     ("tracking.uri=http://127.0.0.1:9", "tracking.uri"),
+    ("dataset=file", "dataset.path"),
+    ("dataset=file dataset.path=/nonexistent/data.npz", "dataset.path"),
+    ("dataset=file dataset.path=/etc/hostname", "dataset.path"),
 ]
 
 
