@@ -113,9 +113,15 @@ class Objective:
         return self.loss_fn(torch.stack(rows), self.y)
 
     @cached_property
-    def _auto_chunk(self) -> int:
+    def activation_size(self) -> int:
+        """Values in the widest layer's output over the dataset for one θ (points × width):
+        the size of one evaluation, for choosing chunks and thread counts."""
         widest = max([self.x.shape[-1], self.y.shape[-1]] + [max(s) for s in self.shapes if len(s)])
-        per_member = self.x.shape[0] * widest * self.x.element_size()
+        return self.x.shape[0] * widest
+
+    @cached_property
+    def _auto_chunk(self) -> int:
+        per_member = self.activation_size * self.x.element_size()
         return max(1, CHUNK_BYTES.get(self.device.type, CHUNK_BYTES["cuda"]) // max(per_member, 1))
 
     @torch.no_grad()

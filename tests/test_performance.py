@@ -217,6 +217,26 @@ def test_scipy_threaded_and_single_threaded_runs_agree(method):
     assert torch.allclose(t1, t2, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("n_points,expect_single", [(41, True), (scipy_family.SMALL_EVAL // 8 + 1, False)])
+def test_scipy_auto_threads_single_for_small_evaluations_only(n_points, expect_single):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = np.linspace(-1, 1, n_points)[:, None]
+        obj = Objective(MLP(1, 1, width=8), x, np.sin(x), MSE(), dtype=torch.float64)
+        seen = []
+
+        def on_step(step, theta, n_evals, loss):
+            seen.append(torch.get_num_threads())
+            return step >= 2
+
+        ScipyOptimizer("L-BFGS-B").run(obj, Budget(2, None), on_step)
+        assert seen and set(seen) == ({1} if expect_single else {2})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_bfgs_warns_only_above_the_dense_threshold():
     small = scipy_family.DENSE_BFGS_WARN // 3 - 1  # width with 3w + 1 ≤ threshold
     for width, warns in ((small, False), (small + 2, True)):

@@ -34,6 +34,7 @@ class _Random:
     """
 
     BLOCK = 1 << 18  # numbers per draw, at most (about 1 MB); at least one generation's
+    GENERATIONS = 32  # generations per draw, at most
 
     def __init__(self, device):
         seed = int(torch.initial_seed())
@@ -59,7 +60,7 @@ class _Random:
 
     def stream(self, draw, shape: tuple, dtype: torch.dtype):
         """Endless per-generation draws `draw(shape, dtype)`, made several generations at a time."""
-        k = max(1, self.BLOCK // max(math.prod(shape), 1))
+        k = max(1, min(self.GENERATIONS, self.BLOCK // max(math.prod(shape), 1)))
         while True:
             yield from draw((k, *shape), dtype)
 
@@ -138,6 +139,8 @@ class PSO:
         v = torch.zeros_like(x)
         draws = rand.stream(rand.uniform, (2, *x.shape), x.dtype)
         diff = torch.empty_like(x)
+        better = torch.empty((x.shape[0], 1), device=x.device, dtype=x.dtype)
+        pf1 = pf.view(-1, 1)
         while not pop.report():
             r = next(draws)
             v.mul_(self.w)
@@ -147,9 +150,9 @@ class PSO:
                 v.clamp_(-self.vmax, self.vmax)
             x.add_(v)
             f = pop.evaluate(x, nan_as_inf=False)
-            better = f < pf  # NaN: False
+            torch.lt(f.view(-1, 1), pf1, out=better)  # 1.0 where improved (NaN never is)
             torch.fmin(f, pf, out=pf)  # NaN-ignoring minimum
-            pbest.lerp_(x, better.unsqueeze(1).to(x.dtype))  # lerp is exact at weights 0 and 1
+            pbest.lerp_(x, better)  # lerp is exact at weights 0 and 1
             pop.track(pbest, pf)
         return pop.best_x
 
@@ -185,21 +188,22 @@ class DE:
         f = pop.evaluate(x)
         pop.track(x, f)
         picks = rand.stream(lambda shape, _: _distinct_others(rand, shape), (3, S), None)
-        uniforms = rand.stream(lambda shape, dtype: _crossover_draws(rand, shape, dtype), x.shape, x.dtype)
+        masks = rand.stream(lambda shape, dtype: _crossover_masks(rand, shape, dtype, self.CR), x.shape, x.dtype)
         diff = torch.empty_like(x)
         replace = torch.empty((S, 1), device=x.device, dtype=x.dtype)
+        f1 = f.view(-1, 1)
         while not pop.report():
-            r1, r2, r3 = next(picks)
-            v = torch.sub(x.index_select(0, r1), x.index_select(0, r2)).mul_(F)
+            r = next(picks)
+            v = x.index_select(0, r[0]).sub_(x.index_select(0, r[1]))
             if self.strategy == "best1":
-                v.add_(pop.best_x)
+                torch.add(pop.best_x, v, alpha=F, out=v)
             elif self.strategy == "rand1":
-                v.add_(x.index_select(0, r3))
+                torch.add(x.index_select(0, r[2]), v, alpha=F, out=v)
             else:
-                v.add_(torch.sub(pop.best_x, x, out=diff), alpha=F).add_(x)
-            trial = torch.where(next(uniforms) < self.CR, v, x, out=v)
+                v.mul_(F).add_(torch.sub(pop.best_x, x, out=diff), alpha=F).add_(x)
+            trial = torch.where(next(masks), v, x, out=v)
             ft = pop.evaluate(trial, nan_as_inf=False)
-            torch.le(ft.unsqueeze(1), f.unsqueeze(1), out=replace)  # 1.0 where the trial is no worse (never NaN)
+            torch.le(ft.view(-1, 1), f1, out=replace)  # 1.0 where the trial is no worse (never NaN)
             x.lerp_(trial, replace)  # exact at weights 0 and 1
             torch.fmin(ft, f, out=f)
             pop.track(x, f)
@@ -220,13 +224,12 @@ def _distinct_others(rand: _Random, shape: tuple) -> torch.Tensor:
     return torch.stack([(k1 + rows) % S, (k2 + rows) % S, (k3 + rows) % S], dim=1)
 
 
-def _crossover_draws(rand: _Random, shape: tuple, dtype) -> torch.Tensor:
-    """U[0, 1) per component, with one random component per row set to −1 (below any
-    crossover rate: that component always comes from the mutant)."""
-    u = rand.uniform(shape, dtype)
+def _crossover_masks(rand: _Random, shape: tuple, dtype, rate: float) -> torch.Tensor:
+    """True where a trial's component comes from the mutant: with probability `rate`,
+    and always at one random component per row."""
     k, S, P = shape
-    j = rand.randint(0, P, (k, S, 1))
-    return u.scatter_(2, j, -1.0)
+    u = rand.uniform(shape, dtype)
+    return u.scatter_(2, rand.randint(0, P, (k, S, 1)), -1.0) < rate
 
 
 class SNES:
@@ -250,6 +253,13 @@ class SNES:
         self.popsize, self.init_spread, self.lr_mean, self.lr_sigma = popsize, init_spread, lr_mean, lr_sigma
         self.mirrored, self.dtype = mirrored, dtype
 
+    def _samples(self, rand: _Random, shape: tuple, dtype) -> torch.Tensor:
+        """(k, S, P) standard normal directions; mirrored: the first S//2 rows negate the next S//2."""
+        k, S, P = shape
+        half = S // 2 if self.mirrored else 0
+        z = rand.normal((k, S - half, P), dtype)
+        return torch.cat([torch.neg(z[:, :half]), z], dim=1) if half else z
+
     @torch.no_grad()
     def run(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
@@ -260,19 +270,17 @@ class SNES:
         rank = torch.arange(1, S + 1, device=theta0.device, dtype=theta0.dtype)
         util = (math.log(S / 2 + 1) - rank.log()).clamp_(min=0)
         util = util / util.sum() - 1.0 / S  # best first
-        usum = float(util.sum())  # 0 up to rounding
         mu, sigma = theta0.clone(), torch.full_like(theta0, self.init_spread)
         weights = torch.empty(S, device=theta0.device, dtype=theta0.dtype)
-        half = S // 2 if self.mirrored else 0
-        normals = rand.stream(rand.normal, (S - half, P), theta0.dtype)
+        samples = rand.stream(lambda shape, dtype: self._samples(rand, shape, dtype), (S, P), theta0.dtype)
         while True:
-            z = next(normals)
-            s = torch.cat([torch.neg(z[:half]), z]) if half else z  # ±s pairs
+            s = next(samples)
             x = torch.addcmul(mu, sigma, s)
             f = pop.evaluate(x)
             pop.track(x, f)
             weights[torch.argsort(f)] = util
             mu.addcmul_(sigma, weights @ s, value=self.lr_mean)
-            sigma.mul_((weights @ s.square_()).sub_(usum).mul_(lr_sigma / 2).exp_())
+            # Σ u_k (s_k² − 1) = Σ u_k s_k², the utilities summing to zero
+            sigma.mul_((weights @ s.square_()).mul_(lr_sigma / 2).exp_())
             if pop.report():
                 return pop.best_x

@@ -2,16 +2,17 @@
 
 Runs in float64 with zero-copy numpy↔torch (scipy's x is viewed as the parameter
 tensor; the gradient comes back as a view on torch's buffer). Both thread pools are set
-for the run: torch's OpenMP pool (torch_threads) and OpenBLAS under scipy (blas_threads,
-through threadpoolctl). With both at their defaults on a 2-core machine the idle pool
-spins on the cores the other needs, and L-BFGS-B ran 10-20× slower; one thread each was
-the fastest of the four combinations at the sizes this project trains (benchmarks/).
+for the run and restored after: OpenBLAS under scipy (blas_threads, via threadpoolctl)
+and torch's OpenMP pool (torch_threads). With both at their defaults on a 2-core machine
+the idle pool spins on the cores the other needs: L-BFGS-B at width 200 ran 16× slower.
+OpenBLAS's second thread never helped (scipy's vector operations are too small), and
+torch's only paid when one evaluation is large, hence the defaults (benchmarks/).
 """
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -19,8 +20,14 @@ from pydantic import Field
 
 # above this many parameters scipy's dense BFGS update (two P×P matrix products per
 # iteration) costs more than a loss-and-gradient evaluation of the default problem
-# (201 points) and grows as P³ (benchmarks/bench.py, "bfgs" rows)
-DENSE_BFGS_WARN = 300
+# (201 points), and it grows as P³: 0.7× an evaluation at 121 parameters, 1.2-2.6× at
+# 151, ~45× at 601 (width 200), one thread each (benchmarks/bench.py, "bfgs" rows)
+DENSE_BFGS_WARN = 130
+# an evaluation writing fewer hidden values than this (points × widest layer) ran no
+# faster on torch's second thread on an idle 2-core machine (the default problem writes
+# 40 200), and up to 5× slower with other jobs on the cores; from 2·10⁵ on the second
+# thread gave 1.0-2× (benchmarks/)
+SMALL_EVAL = 1 << 17
 _EVAL_OPTION = {"powell": "maxfev", "nelder-mead": "maxfev", "l-bfgs-b": "maxfun", "tnc": "maxfun"}
 
 
@@ -34,14 +41,16 @@ class ScipyOptimizer:
         method: str = "L-BFGS-B",
         jac: bool = True,
         options: Optional[dict[str, Any]] = None,
-        torch_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
+        torch_threads: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = "auto",
         blas_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
         dtype: Literal["float32", "float64"] = "float64",
     ):
         self.method = method
         self.jac = jac
         self.options = dict(options or {})
-        self.torch_threads = torch_threads  # None: leave torch's pool as the run set it
+        # "auto": one thread for a small evaluation (< SMALL_EVAL), else the run's setting;
+        # None: the run's setting (`threads`, or torch's default)
+        self.torch_threads = torch_threads
         self.blas_threads = blas_threads  # None: leave OpenBLAS as it is
         self.dtype = dtype
         self.objective_seconds = 0.0  # time inside the objective during the last run (scipy's own: the rest)
@@ -88,7 +97,10 @@ class ScipyOptimizer:
             if on_step(step, x, objective.n_evals, float(intermediate_result.fun)):
                 raise StopIteration
 
-        with _threads(self.torch_threads, self.blas_threads):
+        torch_threads = self.torch_threads
+        if torch_threads == "auto":
+            torch_threads = 1 if objective.activation_size < SMALL_EVAL else None
+        with _threads(torch_threads, self.blas_threads):
             try:
                 res = minimize(fun, best["x"].copy(), jac=self.jac, method=self.method, callback=callback, options=options)
                 x = res.x
