@@ -43,6 +43,7 @@ class Objective:
         self.n_evals = 0
         self.kernel = _MLPKernel.of(self.model)  # None unless the model is a plain MLP
         self._vmap_ok = True
+        self._last_output = None  # (θ, its version, output) of the last output() on the dataset
 
     # -- parameters ---------------------------------------------------------
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,8 +127,18 @@ class Objective:
 
     @torch.no_grad()
     def output(self, theta: torch.Tensor, x: torch.Tensor | None = None) -> np.ndarray:
-        """The network's output on the dataset (not counted as a loss evaluation)."""
-        return self.forward(theta.to(self.dtype), x).cpu().double().numpy()
+        """The network's output on the dataset (not counted as a loss evaluation).
+
+        The last answer on the dataset is kept: a population engine reports the same best
+        θ (the same tensor, unchanged) for many steps, and probes ask for its output each time."""
+        if x is None and self._last_output is not None:
+            last, version, out = self._last_output
+            if last is theta and version == theta._version:
+                return out.copy()
+        out = self.forward(theta.to(self.dtype), x).cpu().double().numpy()
+        if x is None:
+            self._last_output = (theta, theta._version, out.copy())
+        return out
 
 
 class _MLPKernel:

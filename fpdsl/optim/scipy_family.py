@@ -3,16 +3,18 @@
 Runs in float64 with zero-copy numpy↔torch (scipy's x is viewed as the parameter
 tensor; the gradient comes back as a view on torch's buffer). Both thread pools are set
 for the run and restored after: OpenBLAS under scipy (blas_threads, via threadpoolctl)
-and torch's OpenMP pool (torch_threads). With both at their defaults on a 2-core machine
-the idle pool spins on the cores the other needs: L-BFGS-B at width 200 ran 16× slower.
-OpenBLAS's second thread never helped (scipy's vector operations are too small), and
-torch's only paid when one evaluation is large, hence the defaults (benchmarks/).
+and torch's OpenMP pool (torch_threads), one thread each by default. With both at their
+defaults on a 2-core machine the idle pool spins on the cores the other needs: L-BFGS-B
+at width 200 ran 16-20× slower. A second OpenBLAS thread never helped (scipy's vector
+operations are small); a second torch thread paid only for large evaluations on an idle
+machine (width 1000 × 2001 points: 1.6×) and cost as much with other jobs on the cores
+(0.6×), so it is opt-in: optimizer.torch_threads=2, or null for the run's `threads`.
 """
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -23,11 +25,6 @@ from pydantic import Field
 # (201 points), and it grows as P³: 0.7× an evaluation at 121 parameters, 1.2-2.6× at
 # 151, ~45× at 601 (width 200), one thread each (benchmarks/bench.py, "bfgs" rows)
 DENSE_BFGS_WARN = 130
-# an evaluation writing fewer hidden values than this (points × widest layer) ran no
-# faster on torch's second thread on an idle 2-core machine (the default problem writes
-# 40 200), and up to 5× slower with other jobs on the cores; from 2·10⁵ on the second
-# thread gave 1.0-2× (benchmarks/)
-SMALL_EVAL = 1 << 17
 _EVAL_OPTION = {"powell": "maxfev", "nelder-mead": "maxfev", "l-bfgs-b": "maxfun", "tnc": "maxfun"}
 
 
@@ -41,16 +38,14 @@ class ScipyOptimizer:
         method: str = "L-BFGS-B",
         jac: bool = True,
         options: Optional[dict[str, Any]] = None,
-        torch_threads: Union[Annotated[int, Field(ge=1)], Literal["auto"], None] = "auto",
+        torch_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
         blas_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
         dtype: Literal["float32", "float64"] = "float64",
     ):
         self.method = method
         self.jac = jac
         self.options = dict(options or {})
-        # "auto": one thread for a small evaluation (< SMALL_EVAL), else the run's setting;
-        # None: the run's setting (`threads`, or torch's default)
-        self.torch_threads = torch_threads
+        self.torch_threads = torch_threads  # None: the run's setting (`threads`, or torch's default)
         self.blas_threads = blas_threads  # None: leave OpenBLAS as it is
         self.dtype = dtype
         self.objective_seconds = 0.0  # time inside the objective during the last run (scipy's own: the rest)
@@ -97,10 +92,7 @@ class ScipyOptimizer:
             if on_step(step, x, objective.n_evals, float(intermediate_result.fun)):
                 raise StopIteration
 
-        torch_threads = self.torch_threads
-        if torch_threads == "auto":
-            torch_threads = 1 if objective.activation_size < SMALL_EVAL else None
-        with _threads(torch_threads, self.blas_threads):
+        with _threads(self.torch_threads, self.blas_threads):
             try:
                 res = minimize(fun, best["x"].copy(), jac=self.jac, method=self.method, callback=callback, options=options)
                 x = res.x
