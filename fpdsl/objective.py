@@ -4,11 +4,12 @@ Every optimizer family talks only to this. It answers loss(θ), loss and gradien
 (also as numpy, zero-copy, for scipy) and the loss of a whole population Θ[S, P]
 in one batched call, and counts every loss evaluation.
 
-Population evaluation has two paths. Any nn.Module goes through
-torch.func.functional_call under vmap (a per-member loop if vmap cannot batch the
-model). A plain MLP (nn.Sequential of Linear layers with elementwise activations
-between them) goes through batched matrix products instead, which measured 2-3× faster
-(benchmarks/bench.py); tests check both against the module's own forward pass.
+Any nn.Module is evaluated through torch.func.functional_call: a population under vmap
+(one call per member if vmap cannot batch the model). A plain MLP (nn.Sequential of
+Linear layers with elementwise activations between them: mlp, two_layer, siren) has a
+faster path: a population through batched matrix products (5-10× vmap's throughput,
+benchmarks/bench.py), one θ through the module's own operations without nn.Module's call
+machinery. Tests check every path against the module's own forward pass.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn import functional as F
 
 # memory one population chunk's (S, n, width) hidden state may take. On CPU the batched
 # forward pass is bound by memory traffic: a chunk that stays in cache ran 1.3-1.4× faster
@@ -61,6 +63,8 @@ class Objective:
         """The network on x (default: the dataset) at θ (P,), or at each row of θ (..., P)."""
         x = self.x if x is None else x
         if self.kernel is not None:
+            if theta.dim() == 1:
+                return self.kernel.single(self.unflatten(theta), x)
             lead = theta.shape[:-1]
             out = self.kernel(self.unflatten(theta.reshape(-1, self.n_params)), x)
             return out.reshape(*lead, *out.shape[1:])
@@ -154,9 +158,10 @@ class _MLPKernel:
     INPLACE = {"relu": torch.Tensor.relu_, "sigmoid": torch.Tensor.sigmoid_, "sin": torch.Tensor.sin_}
     TORCH = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
 
-    def __init__(self, linears: list[str], acts: list):
+    def __init__(self, linears: list[str], acts: list, act_forwards: list):
         self.linears = linears  # parameter-name prefixes of the Linear layers, in order
         self.acts = acts  # between consecutive linears: a name ("tanh", "relu", ...) or a callable
+        self.act_forwards = act_forwards  # the activation modules' own forward methods
         self.work = {}  # reused hidden-state buffers (no-grad calls): no fresh pages every call
 
     @classmethod
@@ -167,7 +172,7 @@ class _MLPKernel:
         layers = list(model.named_children())
         if len(layers) % 2 == 0 or list(model.buffers()):
             return None
-        linears, acts = [], []
+        linears, acts, forwards = [], [], []
         for i, (name, m) in enumerate(layers):
             if i % 2 == 0:
                 if type(m) is not nn.Linear:
@@ -178,7 +183,8 @@ class _MLPKernel:
                 if act is None:
                     return None
                 acts.append(act)
-        return cls(linears, acts)
+                forwards.append(m.forward)
+        return cls(linears, acts, forwards)
 
     @classmethod
     def _activation(cls, m):
@@ -191,6 +197,16 @@ class _MLPKernel:
                 return m  # σ(scale · z): the module itself, still elementwise
             return m.name if m.name in ("tanh", *cls.INPLACE) else m.fn
         return None
+
+    def single(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """One member: the module's own operations (F.linear, the activation's forward)
+        without nn.Module's call machinery, so the same numbers, fewer steps per call."""
+        h = x
+        for i, name in enumerate(self.linears):
+            h = F.linear(h, params[f"{name}.weight"], params.get(f"{name}.bias"))
+            if i < len(self.act_forwards):
+                h = self.act_forwards[i](h)
+        return h
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         inplace = not torch.is_grad_enabled()

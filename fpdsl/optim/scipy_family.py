@@ -5,10 +5,11 @@ tensor; the gradient comes back as a view on torch's buffer). Both thread pools 
 for the run and restored after: OpenBLAS under scipy (blas_threads, via threadpoolctl)
 and torch's OpenMP pool (torch_threads), one thread each by default. With both at their
 defaults on a 2-core machine the idle pool spins on the cores the other needs: L-BFGS-B
-at width 200 ran 16-20× slower. A second OpenBLAS thread never helped (scipy's vector
-operations are small); a second torch thread paid only for large evaluations on an idle
-machine (width 1000 × 2001 points: 1.6×) and cost as much with other jobs on the cores
-(0.6×), so it is opt-in: optimizer.torch_threads=2, or null for the run's `threads`.
+at width 200 ran 14-30× slower. A second OpenBLAS thread never helped (scipy's vector
+operations are small). A second torch thread gave 0.9-1.2× at widths 50 and 200 and
+1.2-1.7× at width 1000 × 2001 points, but 0.2× with other jobs on the cores (and 0.6×
+at width 1000 in one such run), so it is opt-in: optimizer.torch_threads=2, or null for
+the run's `threads`.
 """
 from __future__ import annotations
 
