@@ -212,6 +212,8 @@ def _openblas_threads():
 
 @pytest.mark.parametrize("method", ["L-BFGS-B", "CG"])
 def test_scipy_threaded_and_single_threaded_runs_agree(method):
+    import scipy.optimize  # noqa: F401  (loads scipy's own OpenBLAS, so `before` lists every pool)
+
     results, before = [], (torch.get_num_threads(), _openblas_threads())
     for threads in ({"torch_threads": None, "blas_threads": None}, {"torch_threads": 1, "blas_threads": 1}):
         torch.manual_seed(6)

@@ -7,9 +7,9 @@ and evotorch on the evidence in the README (the same ratio, fewer dependencies, 
 PSO, DE and an ES under one call shape).
 
 Every engine starts from the model's initialisation θ0 (member 0 exactly at θ0, the
-rest at θ0 + N(0, init_spread²)), reports the best member seen so far, treats a NaN
-loss as +inf, and never evaluates past budget.max_evals: the last generation is cut to
-the evaluations left.
+rest at θ0 + N(0, init_spread²)), reports the best member seen so far, never takes a
+NaN loss for an improvement, and never evaluates past budget.max_evals: the last
+generation is cut to the evaluations left.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class _Random:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.bits = np.random.SFC64(seed) if self.device.type == "cpu" else None
+        self.blocks = {}
 
     def uniform(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         """U(0, 1) on a grid of 2^16 values (k + ½) / 2^16: PSO's weights and DE's crossover
@@ -50,7 +51,12 @@ class _Random:
             return torch.empty(shape, device=self.device, dtype=dtype).uniform_(generator=self.gen)
         n = math.prod(shape)
         raw = torch.from_numpy(self.bits.random_raw((n + 3) // 4).view(np.int16)[:n]).view(shape)  # [-2^15, 2^15)
-        return torch.mul(raw, 2.0**-16, out=torch.empty(shape, dtype=dtype)).add_(0.5 + 2.0**-17)
+        # into a buffer kept per shape (each stream's block is used up before the next is
+        # drawn), converted by copy_: torch.mul(int16, float) takes a slow casting path (3×)
+        key = (shape, dtype)
+        if key not in self.blocks:
+            self.blocks[key] = torch.empty(shape, dtype=dtype)
+        return self.blocks[key].copy_(raw).mul_(2.0**-16).add_(0.5 + 2.0**-17)
 
     def normal(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, device=self.device, dtype=dtype).normal_(generator=self.gen)
@@ -95,12 +101,14 @@ class _Population:
                 self.left -= S
         return f.nan_to_num_(nan=math.inf) if nan_as_inf else f
 
-    def track(self, x: torch.Tensor, f: torch.Tensor) -> None:
-        fi, i = f.min(0)
-        fi = float(fi)
+    def track(self, x: torch.Tensor, f: torch.Tensor, i: int | None = None) -> None:
+        """Keep row i of x (default: f's smallest) if its loss beats the best so far."""
+        if i is None:  # (S,) is small: numpy's argmin costs a third of torch's call on CPU
+            i = int(f.numpy().argmin()) if f.device.type == "cpu" else int(f.argmin())
+        fi = float(f[i])
         if fi < self.best_f:
             self.best_f = fi
-            self.best_x = x[int(i)].clone()
+            self.best_x = x[i].clone()
 
     def report(self) -> bool:
         """One generation done: tell the caller; True when the run should stop."""
@@ -253,12 +261,14 @@ class SNES:
         self.popsize, self.init_spread, self.lr_mean, self.lr_sigma = popsize, init_spread, lr_mean, lr_sigma
         self.mirrored, self.dtype = mirrored, dtype
 
-    def _samples(self, rand: _Random, shape: tuple, dtype) -> torch.Tensor:
-        """(k, S, P) standard normal directions; mirrored: the first S//2 rows negate the next S//2."""
-        k, S, P = shape
-        half = S // 2 if self.mirrored else 0
-        z = rand.normal((k, S - half, P), dtype)
-        return torch.cat([torch.neg(z[:, :half]), z], dim=1) if half else z
+    def _samples(self, rand: _Random, z: torch.Tensor) -> torch.Tensor:
+        """z (S, P) filled with standard normal directions; mirrored: the first S//2 rows
+        negate the next S//2. One generation a draw: normal_ on a contiguous block."""
+        half = z.shape[0] // 2 if self.mirrored else 0
+        z[half:].normal_(generator=rand.gen)
+        if half:
+            torch.neg(z[half : 2 * half], out=z[:half])
+        return z
 
     @torch.no_grad()
     def run(self, objective, budget, on_step):
@@ -272,13 +282,15 @@ class SNES:
         util = util / util.sum() - 1.0 / S  # best first
         mu, sigma = theta0.clone(), torch.full_like(theta0, self.init_spread)
         weights = torch.empty(S, device=theta0.device, dtype=theta0.dtype)
-        samples = rand.stream(lambda shape, dtype: self._samples(rand, shape, dtype), (S, P), theta0.dtype)
+        s = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)  # this generation's directions
+        x = torch.empty_like(s)
         while True:
-            s = next(samples)
-            x = torch.addcmul(mu, sigma, s)
+            self._samples(rand, s)
+            torch.addcmul(mu, sigma, s, out=x)
             f = pop.evaluate(x)
-            pop.track(x, f)
-            weights[torch.argsort(f)] = util
+            order = torch.argsort(f)
+            pop.track(x, f, int(order[0]))
+            weights.scatter_(0, order, util)
             mu.addcmul_(sigma, weights @ s, value=self.lr_mean)
             # Σ u_k (s_k² − 1) = Σ u_k s_k², the utilities summing to zero
             sigma.mul_((weights @ s.square_()).mul_(lr_sigma / 2).exp_())
