@@ -2,7 +2,9 @@
 
 Bad input ends with one line on stderr naming the key and the fix, exit status 2,
 before anything runs; a diverged run ends FAILED with exit status 1; an interrupted
-run ends KILLED with exit status 130 (SIGINT) or 143 (SIGTERM).
+run ends KILLED with exit status 130 (SIGINT) or 143 (SIGTERM). In a multirun a job
+with bad input or a diverged run fails alone: the other jobs run, then the sweep exits
+with the same status.
 """
 import os
 import re
@@ -21,10 +23,22 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except ConfigError as e:
-        _fail(str(e))
+        print(f"fpdsl: error: {e}", file=sys.stderr)
+        if _in_multirun():
+            raise  # Hydra records this job as failed and the sweep's other jobs go on; cli() exits 2
+        sys.exit(2)
     except Diverged as e:
         print(f"fpdsl: run failed: {e}", file=sys.stderr)
+        if _in_multirun():
+            raise
         sys.exit(1)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _fail(message: str):
@@ -57,7 +71,7 @@ def one_line(e: BaseException) -> str:
 def cli():
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    from fpdsl.runner import Interrupted
+    from fpdsl.runner import Diverged, Interrupted
 
     # let composition errors reach us instead of Hydra's multi-line report
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -65,6 +79,10 @@ def cli():
         main()
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
         _fail(one_line(e))
+    except ConfigError:  # a job of a multirun; it said why, and the other jobs ran
+        sys.exit(2)
+    except Diverged:
+        sys.exit(1)
     except KeyboardInterrupt as e:
         print(f"fpdsl: {e or 'interrupted'}", file=sys.stderr)
         sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))

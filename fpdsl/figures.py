@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 
 def _step_edges(steps) -> np.ndarray:
@@ -14,6 +15,9 @@ def _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap):
     values = np.clip(np.asarray(values, dtype=float), vmin, vmax)
     mesh = ax.pcolormesh(_step_edges(steps), np.arange(len(row_labels) + 1), values.T, cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_xscale("log")
+    # plain labels (1, 10, 100): the log scale's default ones are mathtext, slow to lay out
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(np.arange(len(row_labels)) + 0.5, [str(r) for r in row_labels])
     ax.set_xlabel("step + 1")
     return mesh
@@ -23,13 +27,18 @@ def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cm
     """values (T, R) as an image: one row per R (first at the bottom), one column per step.
 
     Step axis log-scaled (step + 1) so the early, interesting part of training is visible.
+    Axes placed at fixed margins (in inches): every run draws one, and matplotlib's
+    constrained layout would double the drawing time (~0.16 s against ~0.08 s here).
     """
-    fig = Figure(figsize=(7, 0.5 * len(row_labels) + 2.2), layout="constrained")
-    ax = fig.add_subplot()
+    w, h = 7.0, 0.5 * len(row_labels) + 2.2
+    left, right, bottom, top, bar, gap = 0.85, 1.0, 0.55, 0.4, 0.15, 0.15
+    fig = Figure(figsize=(w, h))
+    ax = fig.add_axes((left / w, bottom / h, 1 - (left + right) / w, 1 - (bottom + top) / h))
+    cax = fig.add_axes((1 - (right - gap) / w, bottom / h, bar / w, 1 - (bottom + top) / h))
     mesh = _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.colorbar(mesh, ax=ax, label=cbar_label)
+    ax.set_title(title, fontsize="medium")
+    fig.colorbar(mesh, cax=cax, label=cbar_label)
     return fig
 
 

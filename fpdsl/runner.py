@@ -106,15 +106,30 @@ def run(cfg: DictConfig) -> float:
     bar = _progress(cfg, cfg.budget.max_steps, first)
     every_ckpt = cfg.checkpoint.every
 
+    sent = {name: -math.inf for name in probes}  # the step each probe's scalars last went to MLflow
+    latest = {}  # probe → (step, scalars) of its latest observation
+
     def observe(step, theta, force=False):
+        """Probes due at this step observe; their scalars go to MLflow at most once every
+        tracking.every steps (each probe keeps every observation for probe_history.npz)."""
         metrics = {}
         due = [name for name, p in probes.items() if force or step % p.every == 0]
         if due:
             view = StepView(objective, theta)
             for name in due:
-                metrics.update({f"{name}/{k}": v for k, v in probes[name].observe(step, view).items()})
+                latest[name] = (step, {f"{name}/{k}": v for k, v in probes[name].observe(step, view).items()})
+                if force or step - sent[name] >= log_every:
+                    sent[name] = step
+                    metrics.update(latest[name][1])
             state["observed"] = step
         return metrics
+
+    def send_latest():
+        """Each probe's latest observation to MLflow, if it has not gone yet (at the end of a run)."""
+        for name, (step, metrics) in latest.items():
+            if sent[name] != step:
+                sent[name] = step
+                tracker.log_metrics(metrics, step)
 
     def on_step(local_step, theta, n_evals, loss):
         step = first + local_step
@@ -171,6 +186,7 @@ def run(cfg: DictConfig) -> float:
         try:
             if state["logged"] != state["step"] and trace["step"]:
                 tracker.log_metrics({"loss": state["loss"], "n_evals": state["n_evals"]}, state["step"])
+            send_latest()
             summary = _finish(tracker, probes, state["step"], {f"trace/{k}": np.asarray(v) for k, v in trace.items()})
             if status != "FINISHED" or every_ckpt:
                 _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.stats import spearmanr
 
 
 def dft(values: np.ndarray) -> np.ndarray:
@@ -60,6 +59,8 @@ def fp_order(freqs: np.ndarray, conv: np.ndarray) -> tuple[float, bool, str]:
     c = conv[order]
     if len(c) < 2 or not np.isfinite(c).any():
         return float("nan"), False, "undetermined"
+    from scipy.stats import spearmanr  # here, not at the top: scipy.stats takes ~0.6 s to import, after training
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
         score = float(spearmanr(freqs[order], c).statistic)

@@ -64,6 +64,10 @@ def test_step_metrics_every_n_steps_and_the_last_with_every_step_in_the_history(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 10, 20, 25]
     hist = np.load(io.BytesIO(Path(client.download_artifacts(run.info.run_id, "probe_history.npz")).read_bytes()))
     assert list(hist["trace/step"]) == list(range(26)) and len(hist["trace/loss"]) == 26
+    # the probe observes every 5 steps; MLflow gets its scalars at most every 10, and at the end
+    delta = next(k for k in run.data.metrics if k.startswith("spectrum/delta/"))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, delta)] == [0, 10, 20, 25]
+    assert list(hist["spectrum/steps"]) == list(range(0, 26, 5))
 
 
 def test_default_store_is_sqlite_in_working_dir(tmp_path):

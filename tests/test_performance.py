@@ -147,7 +147,8 @@ def test_output_reuses_the_last_answer_only_for_the_same_unchanged_tensor():
     obj = problem(MLP(1, 1, width=5))
     theta = obj.theta0.clone()
     first = obj.output(theta)
-    first[:] = 0  # a caller's copy: the kept answer is not touched
+    with pytest.raises(ValueError):  # shared and read-only: no probe can change what the next one reads
+        first[:] = 0
     np.testing.assert_array_equal(obj.output(theta), obj.output(theta.clone()))
     theta.add_(0.5)  # changed in place: computed again
     np.testing.assert_allclose(obj.output(theta), obj.output(theta.clone()))

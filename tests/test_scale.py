@@ -230,3 +230,14 @@ def test_threads_setting_wins_and_single_runs_keep_torchs_default(monkeypatch):
     assert job_threads(OmegaConf.create({"threads": None} | multirun)) == 4
     monkeypatch.delenv("OMP_NUM_THREADS")  # a SLURM job: the CPUs of its allocation
     assert job_threads(OmegaConf.create({"threads": None} | multirun)) == len(os.sched_getaffinity(0))
+
+
+def test_a_job_with_bad_input_fails_alone_and_the_sweep_exits_2(tmp_path):
+    proc = run_cli(tmp_path, "-m", "model.width=0,8", *GRID, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fpdsl: error:")]
+    assert len(errors) == 1 and "model.width" in errors[0] and "Traceback" not in proc.stderr
+    client, runs = mlflow_runs(tmp_path)
+    parent, children = sweep_runs(runs)
+    assert [(c.data.params["model.width"], c.info.status) for c in children] == [("8", "FINISHED")]
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs_finished"] == 1

@@ -39,8 +39,20 @@ class TorchOptimizer:
             return value
 
         step = 0
+        if isinstance(opt, torch.optim.LBFGS):  # evaluates the closure several times a step
+            while True:
+                value = opt.step(closure)  # loss at the iterate before the step
+                step += 1
+                if on_step(step, theta.detach(), objective.n_evals, value.item()):
+                    return theta.detach()
+        # One evaluation a step, made before the step is reported: the loss logged at step t
+        # is that of θ_t, and the probes reuse its forward pass (Objective.output).
+        value = closure()
+        if self._resume is not None:
+            objective.n_evals -= 1  # the checkpoint's θ was evaluated, and counted, before it was saved
         while True:
-            value = opt.step(closure)  # loss at the iterate before the step
+            opt.step()
             step += 1
+            value = closure()
             if on_step(step, theta.detach(), objective.n_evals, value.item()):
                 return theta.detach()
