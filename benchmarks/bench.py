@@ -18,6 +18,7 @@ ratios; scipy: best round per contender).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -311,6 +312,7 @@ def bench_overhead(quick: bool) -> list[dict]:
             for _ in range(1 if quick else 2):
                 clock.clear()
                 cfg = compose("config", [f"tracking.uri={uri}", "progress=off", *overrides])
+                gc.disable()  # as the command line starts: run() freezes what exists and turns it on
                 t = time.perf_counter()
                 run(cfg)
                 wall = time.perf_counter() - t
@@ -433,6 +435,7 @@ def main():
                     help="torch threads for the population section (1: timed in CPU seconds, robust to other jobs)")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench-<date>.json)")
     args = ap.parse_args()
+    gc.freeze()  # as `python -m fpdsl` does once started: full collections skip the imported modules
     results = {"machine": machine(), "quick": args.quick, "population_threads": args.threads}
     started = time.perf_counter()
     for name in args.only.split(","):

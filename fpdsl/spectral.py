@@ -11,6 +11,13 @@ def dft(values: np.ndarray) -> np.ndarray:
     return np.fft.rfft(values, axis=0)
 
 
+def dft_rows(n: int, ks: np.ndarray) -> np.ndarray:
+    """Rows ks of the n-point DFT matrix, (K, n): dft_rows(n, ks) @ values == dft(values)[ks].
+
+    A probe that needs a few coefficients at every step builds this once."""
+    return np.exp(-2j * np.pi * np.outer(ks, np.arange(n)) / n)
+
+
 def magnitude(coeffs: np.ndarray) -> np.ndarray:
     """|ŷ_k|, summed in quadrature over output components."""
     return np.abs(coeffs) if coeffs.ndim == 1 else np.sqrt((np.abs(coeffs) ** 2).sum(axis=1))
@@ -31,7 +38,11 @@ def delta_f(out_coeffs: np.ndarray, target_coeffs: np.ndarray, ks: np.ndarray, v
 
     complex (papers): |ĥ_k − ŷ_k| / |ŷ_k|; magnitude (authors' scripts): ||ĥ_k| − |ŷ_k|| / (|ŷ_k| + 1e-5).
     """
-    h, y = out_coeffs[ks], target_coeffs[ks]
+    return delta_at(out_coeffs[ks], target_coeffs[ks], variant)
+
+
+def delta_at(h: np.ndarray, y: np.ndarray, variant: str = "complex") -> np.ndarray:
+    """delta_f given the coefficients at the peaks already: ĥ_k and ŷ_k, (K,) or (K, c)."""
     if variant == "complex":
         return magnitude(h - y) / magnitude(y)
     if variant == "magnitude":

@@ -29,6 +29,13 @@ def test_peaks_only_among_first_n_coeffs():
     np.testing.assert_array_equal(spectral.peaks(spectral.dft(y), n_coeffs=40), [1])
 
 
+def test_dft_rows_give_the_dft_at_those_frequencies():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(N, 2))
+    ks = np.array([1, 3, 17, N // 2])
+    np.testing.assert_allclose(spectral.dft_rows(N, ks) @ values, spectral.dft(values)[ks], atol=1e-9)
+
+
 def test_delta_zero_for_exact_fit_and_one_for_zero_output():
     y = np.sin(X) + np.sin(3 * X)
     c = spectral.dft(y)
