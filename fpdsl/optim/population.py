@@ -51,8 +51,9 @@ class _Random:
             return torch.empty(shape, device=self.device, dtype=dtype).uniform_(generator=self.gen)
         n = math.prod(shape)
         raw = torch.from_numpy(self.bits.random_raw((n + 3) // 4).view(np.int16)[:n]).view(shape)  # [-2^15, 2^15)
-        # into a buffer kept per shape (each stream's block is used up before the next is
-        # drawn), converted by copy_: torch.mul(int16, float) takes a slow casting path (3×)
+        # into a buffer kept per shape, so an engine has at most one uniform stream of a
+        # shape (its block is used up before the next is drawn); converted by copy_:
+        # torch.mul(int16, float) takes a slow casting path (3×)
         key = (shape, dtype)
         if key not in self.blocks:
             self.blocks[key] = torch.empty(shape, dtype=dtype)
