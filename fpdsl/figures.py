@@ -11,7 +11,8 @@ def _step_edges(steps) -> np.ndarray:
     return np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]]) + 1
 
 
-def _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap):
+def heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap):
+    """values (T, R) on ax: one row per R, one column per step, log-scaled step + 1 axis."""
     values = np.clip(np.asarray(values, dtype=float), vmin, vmax)
     mesh = ax.pcolormesh(_step_edges(steps), np.arange(len(row_labels) + 1), values.T, cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_xscale("log")
@@ -35,7 +36,7 @@ def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cm
     fig = Figure(figsize=(w, h))
     ax = fig.add_axes((left / w, bottom / h, 1 - (left + right) / w, 1 - (bottom + top) / h))
     cax = fig.add_axes((1 - (right - gap) / w, bottom / h, bar / w, 1 - (bottom + top) / h))
-    mesh = _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
+    mesh = heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize="medium")
     fig.colorbar(mesh, cax=cax, label=cbar_label)
@@ -47,7 +48,7 @@ def heatmap_panels(steps, panels: dict, row_labels, title, cbar_label, vmin=0.1,
     fig = Figure(figsize=(4.2 * len(panels) + 1.2, 0.5 * len(row_labels) + 2.4), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (name, values) in zip(axes, panels.items()):
-        mesh = _heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
+        mesh = heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap)
         ax.set_title(name)
     axes[0].set_ylabel(ylabel)
     fig.suptitle(title)

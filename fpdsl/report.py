@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fpdsl.figures import heatmap_on
+
 REPORT_EXPERIMENT = "fpdsl-report"
 
 
@@ -83,15 +85,6 @@ def _grid(n, width=4.2, height=2.8):
     return fig, axes[:n]
 
 
-def _heat(ax, steps, values, rows, vmin, vmax, cmap):
-    steps = np.asarray(steps, dtype=float)
-    edges = np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1)]]) + 1
-    mesh = ax.pcolormesh(edges, np.arange(len(rows) + 1), np.clip(values, vmin, vmax).T, cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xscale("log")
-    ax.set_yticks(np.arange(len(rows)) + 0.5, [str(r) for r in rows])
-    return mesh
-
-
 def spectrum_grid(entries, probe="spectrum"):
     have = [e for e in entries if f"{probe}/steps" in e["history"]]
     if not have:
@@ -100,7 +93,7 @@ def spectrum_grid(entries, probe="spectrum"):
     for ax, e in zip(axes, have):
         h, m, t = e["history"], e["run"].data.metrics, e["run"].data.tags
         variant = t.get(f"{probe}/delta_variant", "complex")
-        mesh = _heat(ax, h[f"{probe}/steps"], h[f"{probe}/delta_{variant}"], h[f"{probe}/peaks"], 0.1, 1.0, "RdBu_r")
+        mesh = heatmap_on(ax, h[f"{probe}/steps"], h[f"{probe}/delta_{variant}"], h[f"{probe}/peaks"], 0.1, 1.0, "RdBu_r")
         ax.set_title(f"{label(e)}\n{t.get(f'{probe}/fp_verdict', '?')}, order {m.get(f'{probe}/fp_order', float('nan')):+.2f}", fontsize=9)
         ax.set_xlabel("step + 1")
         ax.set_ylabel("peak k")
@@ -117,7 +110,7 @@ def amplitude_grid(entries):
     for ax, e in zip(axes, have):
         h, m = e["history"], e["run"].data.metrics
         order = np.argsort(h["spectral_amplitude/frequencies"])
-        mesh = _heat(ax, h["spectral_amplitude/steps"], h["spectral_amplitude/amplitude"][:, order],
+        mesh = heatmap_on(ax, h["spectral_amplitude/steps"], h["spectral_amplitude/amplitude"][:, order],
                      [f"{f:g}" for f in h["spectral_amplitude/frequencies"][order]], 0.0, 1.0, "viridis")
         ax.set_title(f"{label(e)} · {e['experiment']}\norder {m.get('spectral_amplitude/fp_order', float('nan')):+.2f}", fontsize=9)
         ax.set_xlabel("step + 1")
