@@ -52,16 +52,6 @@ def objective(width, dtype=torch.float32, seed=0, n_points=201):
     return Objective(MLP(1, 1, width=width), data.x, data.y, MSE(), dtype=dtype)
 
 
-def interleaved(contenders: dict, rounds: int) -> dict:
-    """contenders: name → fn() returning (evaluations, seconds). Best throughput per name."""
-    best = {k: 0.0 for k in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            n, sec = fn()
-            best[name] = max(best[name], n / sec)
-    return best
-
-
 # -- population ----------------------------------------------------------------------------
 def bench_population(quick: bool, threads: int) -> list[dict]:
     """Each contender's slice runs right after a slice of the raw batched forward pass (the

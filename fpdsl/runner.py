@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> float:
     state = {"step": first, "theta": objective.theta0, "loss": math.nan, "n_evals": objective.n_evals, "observed": -1, "logged": -1}
     # every step's loss and evaluation count, in memory (cheap) and in probe_history.npz;
     # MLflow gets them every tracking.every steps, since its cost per point rivals a training step
-    trace = ckpt.get("trace", {"step": [], "loss": [], "n_evals": []}) if ckpt else {"step": [], "loss": [], "n_evals": []}
+    trace = (ckpt or {}).get("trace") or {"step": [], "loss": [], "n_evals": []}
     log_every = cfg.tracking.every
     bar = _progress(cfg, cfg.budget.max_steps, first)
     every_ckpt = cfg.checkpoint.every

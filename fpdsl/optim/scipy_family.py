@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
@@ -24,7 +25,7 @@ from pydantic import Field
 # above this many parameters scipy's dense BFGS update (two P×P matrix products per
 # iteration) costs more than a loss-and-gradient evaluation of the default problem
 # (201 points), and it grows as P³: 0.7× an evaluation at 121 parameters, 1.2-2.6× at
-# 151, ~45× at 601 (width 200), one thread each (benchmarks/bench.py, "bfgs" rows)
+# 151, 35-45× at 601 (width 200), one thread each (benchmarks/bench.py, "bfgs" rows)
 DENSE_BFGS_WARN = 130
 _EVAL_OPTION = {"powell": "maxfev", "nelder-mead": "maxfev", "l-bfgs-b": "maxfun", "tnc": "maxfun"}
 
@@ -104,23 +105,16 @@ class ScipyOptimizer:
         return torch.from_numpy(np.ascontiguousarray(x)).to(objective.device)
 
 
-class _threads:
+@contextmanager
+def _threads(torch_threads, blas_threads):
     """torch's intra-op pool and OpenBLAS held to the given sizes for a block, then restored."""
+    from threadpoolctl import threadpool_limits
 
-    def __init__(self, torch_threads, blas_threads):
-        self.torch_threads, self.blas_threads = torch_threads, blas_threads
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-
-        self.saved = torch.get_num_threads()
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-        self.limit = threadpool_limits(self.blas_threads, user_api="blas") if self.blas_threads else None
-        return self
-
-    def __exit__(self, *exc):
-        if self.limit is not None:
-            self.limit.restore_original_limits()
-        torch.set_num_threads(self.saved)
-        return False
+    saved = torch.get_num_threads()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    try:
+        with threadpool_limits(blas_threads, user_api="blas") if blas_threads else nullcontext():
+            yield
+    finally:
+        torch.set_num_threads(saved)

@@ -47,7 +47,7 @@ class TorchOptimizer:
                     return theta.detach()
         # One evaluation a step, made before the step is reported: the loss logged at step t
         # is that of θ_t, and the probes reuse its forward pass (Objective.output).
-        value = closure()
+        closure()  # θ_0's gradient, for the first step
         if self._resume is not None:
             objective.n_evals -= 1  # the checkpoint's θ was evaluated, and counted, before it was saved
         while True:
