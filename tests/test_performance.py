@@ -17,7 +17,7 @@ from fpdsl.losses import MSE
 from fpdsl.models import ACTIVATIONS, MLP
 from fpdsl.objective import Objective
 from fpdsl.optim import DE, PSO, SNES, Budget, NevergradOptimizer, ScipyOptimizer
-from fpdsl.optim import scipy_family
+from fpdsl.optim import kernels, population, scipy_family
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
@@ -158,6 +158,15 @@ def test_output_reuses_the_last_answer_only_for_the_same_unchanged_tensor():
 ENGINES = {"pso": lambda: PSO(popsize=10), "de": lambda: DE(popsize=10, strategy="best1"), "snes": lambda: SNES(popsize=10)}
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def update_path(request, monkeypatch):
+    """The engines' two update paths: the compiled kernels (CPU) and the torch calls (GPU),
+    here both on CPU."""
+    if request.param == "torch":
+        monkeypatch.setattr(population, "_fused", lambda device: False)
+    return request.param
+
+
 def tiny_objective(seed=0):
     torch.manual_seed(seed)
     x = np.linspace(-np.pi, np.pi, 41)[:, None]
@@ -175,7 +184,7 @@ def recorder(max_steps=None, max_evals=None):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_population_engine_lowers_the_loss_and_spends_exactly_its_budget(engine):
+def test_population_engine_lowers_the_loss_and_spends_exactly_its_budget(engine, update_path):
     obj = tiny_objective()
     start = float(obj.population_loss(obj.theta0[None])[0])
     obj.n_evals = 0
@@ -190,7 +199,7 @@ def test_population_engine_lowers_the_loss_and_spends_exactly_its_budget(engine)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_population_engine_step_budget_and_seed(engine):
+def test_population_engine_step_budget_and_seed(engine, update_path):
     results = []
     for _ in range(2):
         obj = tiny_objective(seed=5)
@@ -198,6 +207,75 @@ def test_population_engine_step_budget_and_seed(engine):
         results.append(ENGINES[engine]().run(obj, Budget(7, None), on_step))
         assert obj.n_evals == 70 and len(calls) == 7
     assert torch.equal(results[0], results[1])  # torch.manual_seed fixes the run
+
+
+# the kernels against the torch calls they replace, on the same random numbers
+def _state(S=7, P=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(S, P, generator=g, dtype=torch.float64) for _ in range(4)] + [torch.randn(P, generator=g, dtype=torch.float64)]
+
+
+@pytest.mark.parametrize("vmax", [0.0, 0.3])
+def test_pso_kernel_is_the_textbook_update(vmax):
+    x, v, pbest, _, best = _state()
+    raw = np.random.default_rng(1).integers(0, 2**16, (2, *x.shape), dtype=np.uint16)
+    r1, r2 = torch.from_numpy(raw.astype(np.float64) * 2.0**-16)
+    w, c1, c2 = 0.7, 1.4, 1.6
+    v_ref = w * v + c1 * r1 * (pbest - x) + c2 * r2 * (best - x)
+    v_ref = v_ref.clamp(-vmax, vmax) if vmax else v_ref
+    x_ref = x + v_ref
+    kernels.pso_move(x.numpy(), v.numpy(), pbest.numpy(), best.numpy(), raw, w, c1, c2, vmax)
+    torch.testing.assert_close(v, v_ref)
+    torch.testing.assert_close(x, x_ref)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_keep_better_kernel(ties):
+    x, _, keep, _, _ = _state(S=5)
+    f = torch.tensor([1.0, 2.0, float("nan"), 0.5, 3.0], dtype=torch.float64)
+    fkeep = torch.tensor([2.0, 2.0, 1.0, 0.1, float("inf")], dtype=torch.float64)
+    taken = torch.tensor([True, ties, False, False, True])
+    keep_ref = torch.where(taken[:, None], x, keep)
+    i = kernels.keep_better(x.numpy(), f.numpy(), keep.numpy(), fkeep.numpy(), ties)
+    torch.testing.assert_close(keep, keep_ref)
+    assert fkeep.tolist() == [1.0, 2.0, 1.0, 0.1, 3.0] and i == 3
+
+
+@pytest.mark.parametrize("strategy", DE.STRATEGIES)
+def test_de_kernel_is_the_textbook_trial(strategy):
+    x, _, _, _, best = _state(S=6)
+    S, P = x.shape
+    rng = np.random.default_rng(2)
+    picks = np.stack([rng.permutation(S) for _ in range(3)])
+    raw = rng.integers(0, 2**16, (S, P), dtype=np.uint16)
+    forced = rng.integers(0, P, S)
+    F, threshold = 0.5, round(0.6 * 2**16)
+    r1, r2, r3 = (x[torch.from_numpy(p)] for p in picks)
+    mutant = {"best1": best + F * (r1 - r2), "rand1": r3 + F * (r1 - r2),
+              "current_to_best1": x + F * (best - x) + F * (r1 - r2)}[strategy]
+    mask = torch.from_numpy(raw < threshold)
+    mask[torch.arange(S), torch.from_numpy(forced)] = True
+    out = torch.empty_like(x)
+    kernels.de_trial(x.numpy(), best.numpy(), picks, raw, forced, F, threshold, DE.STRATEGIES.index(strategy), out.numpy())
+    torch.testing.assert_close(out, torch.where(mask, mutant, x))
+
+
+@pytest.mark.parametrize("half", [0, 3])
+def test_snes_kernels_are_the_textbook_steps(half):
+    z, _, _, _, mu = _state(S=7)
+    sigma = torch.rand(mu.shape, dtype=torch.float64) + 0.5
+    weights = torch.randn(7, dtype=torch.float64)
+    z_ref = z.clone()
+    z_ref[:half] = -z_ref[half : 2 * half]
+    x = torch.empty_like(z)
+    kernels.snes_sample(mu.numpy(), sigma.numpy(), z.numpy(), half, x.numpy())
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(x, mu + sigma * z_ref)
+    mu_ref = mu + 0.9 * sigma * (weights @ z)
+    sigma_ref = sigma * torch.exp(0.2 / 2 * (weights @ z.square()))
+    kernels.snes_update(mu.numpy(), sigma.numpy(), z.numpy(), weights.numpy(), 0.9, 0.2)
+    torch.testing.assert_close(mu, mu_ref)
+    torch.testing.assert_close(sigma, sigma_ref)
 
 
 def test_nevergrad_batches_fit_the_budget():

@@ -1,10 +1,11 @@
 """Vectorised population engine: PSO, DE and SNES with the whole population as one (S, P) tensor.
 
-Each generation is a handful of in-place tensor operations and one batched loss call
-through the objective, on the objective's device, so training runs at the speed of
-the batched forward pass (benchmarks/bench.py measures the ratio). Chosen over EvoX
-and evotorch on the evidence in the README (the same ratio, fewer dependencies, and
-PSO, DE and an ES under one call shape).
+Each generation is one batched loss call through the objective, on the objective's
+device, and the engine's update: on CPU one compiled pass (fpdsl.optim.kernels), on GPU
+a handful of in-place tensor operations. Training runs at the speed of the batched
+forward pass (benchmarks/bench.py measures the ratio). Chosen over EvoX and evotorch on
+the evidence in docs/performance.md (a better ratio, fewer dependencies, and PSO, DE
+and an ES under one call shape).
 
 Every engine starts from the model's initialisation θ0 (member 0 exactly at θ0, the
 rest at θ0 + N(0, init_spread²)), reports the best member seen so far, never takes a
@@ -26,14 +27,14 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 class _Random:
     """The engines' random numbers, seeded from torch's seed (the run's `seed`).
 
-    Draws come in blocks covering several generations when a generation needs few
-    numbers, so one call's fixed cost is shared. Uniform fields on CPU (PSO's r1, r2;
-    DE's crossover mask) are made from numpy's SFC64 raw bits: torch's CPU generator is
-    a serial mt19937 at ~3 ns a number, ~10% of a batched forward pass at S·P = 10⁵;
-    this costs under a third of that. On GPU torch's own generator is fast.
+    On CPU the kernels' uniform integers are numpy SFC64's raw bits, 16 a number, drawn
+    in blocks covering several generations so one call's fixed cost is shared: torch's
+    CPU generator (a serial mt19937, ~3 ns a number) would cost ~10% of a batched
+    forward pass at S·P = 10⁵. Normals and random indices are torch's; on GPU every
+    draw is.
     """
 
-    BLOCK = 1 << 18  # numbers per draw, at most (about 1 MB); at least one generation's
+    BLOCK = 1 << 17  # numbers per draw of raw bits, at most (256 KB); at least one generation's
     GENERATIONS = 32  # generations per draw, at most
 
     def __init__(self, device):
@@ -42,34 +43,35 @@ class _Random:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.bits = np.random.SFC64(seed) if self.device.type == "cpu" else None
-        self.blocks = {}
+
+    def normal_(self, out: torch.Tensor) -> torch.Tensor:
+        return out.normal_(generator=self.gen)
 
     def uniform(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """U(0, 1) on a grid of 2^16 values (k + ½) / 2^16: PSO's weights and DE's crossover
-        test need no finer grid, and 16 raw bits a number halve the generator's work."""
-        if self.bits is None:
-            return torch.empty(shape, device=self.device, dtype=dtype).uniform_(generator=self.gen)
-        n = math.prod(shape)
-        raw = torch.from_numpy(self.bits.random_raw((n + 3) // 4).view(np.int16)[:n]).view(shape)  # [-2^15, 2^15)
-        # into a buffer kept per shape, so an engine has at most one uniform stream of a
-        # shape (its block is used up before the next is drawn); converted by copy_:
-        # torch.mul(int16, float) takes a slow casting path (3×)
-        key = (shape, dtype)
-        if key not in self.blocks:
-            self.blocks[key] = torch.empty(shape, dtype=dtype)
-        return self.blocks[key].copy_(raw).mul_(2.0**-16).add_(0.5 + 2.0**-17)
-
-    def normal(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(shape, device=self.device, dtype=dtype).normal_(generator=self.gen)
+        return torch.rand(shape, generator=self.gen, device=self.device, dtype=dtype)
 
     def randint(self, low: int, high: int, size: tuple) -> torch.Tensor:
         return torch.randint(low, high, size, generator=self.gen, device=self.device)
 
-    def stream(self, draw, shape: tuple, dtype: torch.dtype):
-        """Endless per-generation draws `draw(shape, dtype)`, made several generations at a time."""
-        k = max(1, min(self.GENERATIONS, self.BLOCK // max(math.prod(shape), 1)))
+    def generations(self, shape: tuple) -> int:
+        """How many generations of `shape` one block covers."""
+        return max(1, min(self.GENERATIONS, self.BLOCK // max(math.prod(shape), 1)))
+
+    def raw16(self, shape: tuple):
+        """Endless per-generation numpy uint16 arrays of `shape`, uniform in [0, 2¹⁶) (CPU)."""
+        n = self.generations(shape) * math.prod(shape)
         while True:
-            yield from draw((k, *shape), dtype).unbind(0)
+            yield from self.bits.random_raw(-(-n // 4)).view(np.uint16)[:n].reshape(-1, *shape)
+
+    def indices(self, high: int, shape: tuple):
+        """Endless per-generation numpy int64 arrays of `shape`, uniform in [0, high) (CPU)."""
+        while True:
+            yield from self.randint(0, high, (self.generations(shape), *shape)).numpy()
+
+
+def _fused(device: torch.device) -> bool:
+    """Whether the engines' update runs as fpdsl.optim.kernels (CPU) or as torch calls."""
+    return device.type == "cpu"
 
 
 class _Population:
@@ -83,7 +85,7 @@ class _Population:
 
     def initial(self, size: int, spread: float, rand: _Random) -> torch.Tensor:
         theta0 = self.objective.theta0
-        noise = rand.normal((size, theta0.numel()), theta0.dtype)
+        noise = rand.normal_(torch.empty((size, theta0.numel()), dtype=theta0.dtype, device=theta0.device))
         noise[0] = 0
         return noise.mul_(spread).add_(theta0)
 
@@ -147,27 +149,50 @@ class PSO:
         rand = _Random(objective.theta0.device)
         x = pop.initial(self.popsize, self.init_spread, rand)
         f = pop.evaluate(x)
-        pbest, pf = x.clone(), f
+        pbest, pf = x.clone(), f.clone()
         pop.track(x, f)
         v = torch.zeros_like(x)
-        draws = rand.stream(rand.uniform, (2, *x.shape), x.dtype)
+        move, keep = (self._kernels if _fused(x.device) else self._torch)(pop, rand, x, v, pbest, pf)
+        while not pop.report():
+            move()
+            f = pop.evaluate(x, nan_as_inf=False)
+            pop.track(pbest, pf, keep(f))
+        return pop.best_x
+
+    def _kernels(self, pop, rand, x, v, pbest, pf):
+        from fpdsl.optim import kernels
+
+        xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
+        draws = rand.raw16((2, *x.shape))
+
+        def move():
+            kernels.pso_move(xn, vn, pn, pop.best_x.numpy(), next(draws), self.w, self.c1, self.c2, self.vmax or 0.0)
+
+        def keep(f):
+            return int(kernels.keep_better(xn, f.numpy(), pn, pfn, False))
+
+        return move, keep
+
+    def _torch(self, pop, rand, x, v, pbest, pf):
         diff = torch.empty_like(x)
         better = torch.empty(x.shape[0], device=x.device, dtype=x.dtype)
-        better_rows = better.view(-1, 1)  # the same numbers, one per row of x
-        while not pop.report():
-            r1, r2 = next(draws).unbind(0)
+
+        def move():
+            r1, r2 = rand.uniform((2, *x.shape), x.dtype)
             v.mul_(self.w)
             v.addcmul_(r1, torch.sub(pbest, x, out=diff), value=self.c1)
             v.addcmul_(r2, torch.sub(pop.best_x, x, out=diff), value=self.c2)
             if self.vmax is not None:
                 v.clamp_(-self.vmax, self.vmax)
             x.add_(v)
-            f = pop.evaluate(x, nan_as_inf=False)
+
+        def keep(f):
             torch.lt(f, pf, out=better)  # 1.0 where improved (NaN never is)
             torch.fmin(f, pf, out=pf)  # NaN-ignoring minimum
-            pbest.lerp_(x, better_rows)  # lerp is exact at weights 0 and 1
-            pop.track(pbest, pf)
-        return pop.best_x
+            pbest.lerp_(x, better.view(-1, 1))  # lerp is exact at weights 0 and 1
+            return int(pf.argmin())
+
+        return move, keep
 
 
 class DE:
@@ -179,6 +204,8 @@ class DE:
     `crossover`, and one random component always does. A trial replaces its member when
     its loss is not worse.
     """
+
+    STRATEGIES = ("best1", "rand1", "current_to_best1")  # the kernel's strategy codes 0, 1, 2
 
     def __init__(
         self,
@@ -196,53 +223,75 @@ class DE:
     def run(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
         rand = _Random(objective.theta0.device)
-        S, F = self.popsize, self.F
-        x = pop.initial(S, self.init_spread, rand)
+        x = pop.initial(self.popsize, self.init_spread, rand)
         f = pop.evaluate(x)
         pop.track(x, f)
-        picks = rand.stream(lambda shape, _: _distinct_others(rand, shape), (3, S), None)
-        masks = rand.stream(lambda shape, dtype: _crossover_masks(rand, shape, dtype, self.CR), x.shape, x.dtype)
-        diff = torch.empty_like(x)
-        replace = torch.empty(S, device=x.device, dtype=x.dtype)
-        replace_rows = replace.view(-1, 1)
+        trial, select = (self._kernels if _fused(x.device) else self._torch)(pop, rand, x, f)
         while not pop.report():
-            r = next(picks).unbind(0)
-            v = x.index_select(0, r[0]).sub_(x.index_select(0, r[1]))
+            ft = pop.evaluate(trial(), nan_as_inf=False)
+            pop.track(x, f, select(ft))
+        return pop.best_x
+
+    def _kernels(self, pop, rand, x, f):
+        from fpdsl.optim import kernels
+
+        S, P = x.shape
+        out = torch.empty_like(x)
+        xn, fn, on = x.numpy(), f.numpy(), out.numpy()
+        picks, raws, forced = _distinct_others(rand, S), rand.raw16((S, P)), rand.indices(P, (S,))
+        threshold, strategy = round(self.CR * 2**16), self.STRATEGIES.index(self.strategy)
+
+        def trial():
+            best = pop.best_x.numpy()
+            kernels.de_trial(xn, best, next(picks).numpy(), next(raws), next(forced), self.F, threshold, strategy, on)
+            return out
+
+        def select(ft):
+            return int(kernels.keep_better(on, ft.numpy(), xn, fn, True))
+
+        return trial, select
+
+    def _torch(self, pop, rand, x, f):
+        S, P = x.shape
+        F, picks = self.F, _distinct_others(rand, S)
+        v, diff = torch.empty_like(x), torch.empty_like(x)
+        replace = torch.empty(S, device=x.device, dtype=x.dtype)
+
+        def trial():
+            r = next(picks)
+            torch.sub(x.index_select(0, r[0]), x.index_select(0, r[1]), out=v)
             if self.strategy == "best1":
                 torch.add(pop.best_x, v, alpha=F, out=v)
             elif self.strategy == "rand1":
                 torch.add(x.index_select(0, r[2]), v, alpha=F, out=v)
             else:
                 v.mul_(F).add_(torch.sub(pop.best_x, x, out=diff), alpha=F).add_(x)
-            trial = torch.where(next(masks), v, x, out=v)
-            ft = pop.evaluate(trial, nan_as_inf=False)
+            mask = rand.uniform((S, P), x.dtype) < self.CR
+            mask.scatter_(1, rand.randint(0, P, (S, 1)), True)
+            return torch.where(mask, v, x, out=v)
+
+        def select(ft):
             torch.le(ft, f, out=replace)  # 1.0 where the trial is no worse (never NaN)
-            x.lerp_(trial, replace_rows)  # exact at weights 0 and 1
+            x.lerp_(v, replace.view(-1, 1))  # exact at weights 0 and 1
             torch.fmin(ft, f, out=f)
-            pop.track(x, f)
-        return pop.best_x
+            return int(f.argmin())
+
+        return trial, select
 
 
-def _distinct_others(rand: _Random, shape: tuple) -> torch.Tensor:
-    """(k, 3, S): per generation r1, r2, r3, in every row distinct and not the row itself."""
-    k, _, S = shape
-    k1 = rand.randint(1, S, (k, S))
-    k2 = rand.randint(1, S - 1, (k, S))
-    k2 += k2 >= k1
-    lo, hi = torch.minimum(k1, k2), torch.maximum(k1, k2)
-    k3 = rand.randint(1, S - 2, (k, S))
-    k3 += k3 >= lo
-    k3 += k3 >= hi
-    rows = torch.arange(S, device=k1.device)
-    return torch.stack([(k1 + rows) % S, (k2 + rows) % S, (k3 + rows) % S], dim=1)
-
-
-def _crossover_masks(rand: _Random, shape: tuple, dtype, rate: float) -> torch.Tensor:
-    """True where a trial's component comes from the mutant: with probability `rate`,
-    and always at one random component per row."""
-    k, S, P = shape
-    u = rand.uniform(shape, dtype)
-    return u.scatter_(2, rand.randint(0, P, (k, S, 1)), -1.0) < rate
+def _distinct_others(rand: _Random, S: int):
+    """Endless (3, S): per generation r1, r2, r3, in every row distinct and not the row itself."""
+    k = rand.generations((3, S))
+    rows = torch.arange(S, device=rand.device)
+    while True:
+        k1 = rand.randint(1, S, (k, S))
+        k2 = rand.randint(1, S - 1, (k, S))
+        k2 += k2 >= k1
+        lo, hi = torch.minimum(k1, k2), torch.maximum(k1, k2)
+        k3 = rand.randint(1, S - 2, (k, S))
+        k3 += k3 >= lo
+        k3 += k3 >= hi
+        yield from torch.stack([(k1 + rows) % S, (k2 + rows) % S, (k3 + rows) % S], dim=1).unbind(0)
 
 
 class SNES:
@@ -266,15 +315,6 @@ class SNES:
         self.popsize, self.init_spread, self.lr_mean, self.lr_sigma = popsize, init_spread, lr_mean, lr_sigma
         self.mirrored, self.dtype = mirrored, dtype
 
-    def _samples(self, rand: _Random, z: torch.Tensor) -> torch.Tensor:
-        """z (S, P) filled with standard normal directions; mirrored: the first S//2 rows
-        negate the next S//2. One generation a draw: normal_ on a contiguous block."""
-        half = z.shape[0] // 2 if self.mirrored else 0
-        z[half:].normal_(generator=rand.gen)
-        if half:
-            torch.neg(z[half : 2 * half], out=z[:half])
-        return z
-
     @torch.no_grad()
     def run(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
@@ -287,18 +327,34 @@ class SNES:
         util = util / util.sum() - 1.0 / S  # best first
         mu, sigma = theta0.clone(), torch.full_like(theta0, self.init_spread)
         weights = torch.empty(S, device=theta0.device, dtype=theta0.dtype)
-        s = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)  # this generation's directions
-        x = torch.empty_like(s)
+        # this generation's directions: the first S//2 rows negate the next S//2 when mirrored
+        z = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)
+        half = S // 2 if self.mirrored else 0
+        x = torch.empty_like(z)
+        fused = _fused(theta0.device)
+        if fused:
+            from fpdsl.optim import kernels
+
+            mun, sn, zn, xn, wn, un = mu.numpy(), sigma.numpy(), z.numpy(), x.numpy(), weights.numpy(), util.numpy()
         while True:
-            self._samples(rand, s)
-            torch.addcmul(mu, sigma, s, out=x)
+            rand.normal_(z[half:])  # contiguous rows: one draw
+            if fused:
+                kernels.snes_sample(mun, sn, zn, half, xn)
+            else:
+                torch.neg(z[half : 2 * half], out=z[:half])
+                torch.addcmul(mu, sigma, z, out=x)
             f = pop.evaluate(x)
-            # numpy sorts S numbers in a tenth of torch's call on CPU
-            order = torch.from_numpy(f.numpy().argsort()) if f.device.type == "cpu" else torch.argsort(f)
-            pop.track(x, f, int(order[0]))
-            weights.scatter_(0, order, util)
-            mu.addcmul_(sigma, weights @ s, value=self.lr_mean)
-            # Σ u_k (s_k² − 1) = Σ u_k s_k², the utilities summing to zero
-            sigma.mul_((weights @ s.square_()).mul_(lr_sigma / 2).exp_())
+            if fused:  # numpy sorts S numbers in a tenth of torch's call on CPU
+                order = f.numpy().argsort()
+                pop.track(x, f, int(order[0]))
+                wn[order] = un
+                kernels.snes_update(mun, sn, zn, wn, self.lr_mean, lr_sigma)
+            else:
+                order = torch.argsort(f)
+                pop.track(x, f, int(order[0]))
+                weights.scatter_(0, order, util)
+                mu.addcmul_(sigma, weights @ z, value=self.lr_mean)
+                # Σ u_k (s_k² − 1) = Σ u_k s_k², the utilities summing to zero
+                sigma.mul_((weights @ z.square_()).mul_(lr_sigma / 2).exp_())
             if pop.report():
                 return pop.best_x

@@ -1,0 +1,99 @@
+"""The population engines' update steps on CPU, each fused into one compiled pass (numba).
+
+On CPU a generation's update as tensor calls is ten or more calls of 2-10 µs each (the
+forward pass just before evicts their code and data from cache). At width 50 that was
+15-25% of the batched forward pass; one pass over the population costs a few µs
+(benchmarks/bench.py). On GPU the engines use the same steps as torch calls, and
+tests/test_performance.py checks both against each other. Compiled on first use and
+cached beside this file (`cache=True`), so later runs load them in about 0.1 s.
+
+Arrays are the numpy views of the engines' tensors, changed in place. Random integers
+`raw` are uniform in [0, 2¹⁶): raw · 2⁻¹⁶ is U[0, 1) on a grid of 2⁻¹⁶.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+UNIT = 2.0**-16
+
+
+@jit
+def pso_move(x, v, pbest, best, raw, w, c1, c2, vmax):
+    """v ← w v + c1 r1 (pbest − x) + c2 r2 (best − x), clamped to ±vmax when vmax > 0;
+    x ← x + v. raw (2, S, P): r1 and r2."""
+    a1, a2 = c1 * UNIT, c2 * UNIT
+    S, P = x.shape
+    for i in range(S):
+        for j in range(P):
+            u = w * v[i, j] + a1 * raw[0, i, j] * (pbest[i, j] - x[i, j]) + a2 * raw[1, i, j] * (best[j] - x[i, j])
+            if vmax > 0:
+                u = min(max(u, -vmax), vmax)
+            v[i, j] = u
+            x[i, j] += u
+
+
+@jit
+def keep_better(x, f, keep, fkeep, ties):
+    """Row i of keep and fkeep[i] take x's row and f[i] where f[i] < fkeep[i] (≤ with ties;
+    a NaN never does). Returns the index of the smallest fkeep."""
+    S, P = x.shape
+    for i in range(S):
+        if f[i] < fkeep[i] or (ties and f[i] == fkeep[i]):
+            fkeep[i] = f[i]
+            for j in range(P):
+                keep[i, j] = x[i, j]
+    return np.argmin(fkeep)
+
+
+@jit
+def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
+    """Trial vectors into out: component j of row i is the mutant's where raw[i, j] <
+    threshold or j == forced[i], else x's. Mutant: 0 best1 best + F (x_r1 − x_r2), 1 rand1
+    x_r3 + F (x_r1 − x_r2), 2 current_to_best1 x + F (best − x) + F (x_r1 − x_r2);
+    picks (3, S): r1, r2, r3."""
+    S, P = x.shape
+    for i in range(S):
+        r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
+        for j in range(P):
+            if raw[i, j] < threshold or j == forced[i]:
+                d = F * (x[r1, j] - x[r2, j])
+                if strategy == 0:
+                    out[i, j] = best[j] + d
+                elif strategy == 1:
+                    out[i, j] = x[r3, j] + d
+                else:
+                    out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
+            else:
+                out[i, j] = x[i, j]
+
+
+@jit
+def snes_sample(mu, sigma, z, half, x):
+    """Rows [:half] of z ← −rows [half:2 half] (mirrored pairs); x ← mu + sigma ∘ z."""
+    S, P = z.shape
+    for i in range(half):
+        for j in range(P):
+            z[i, j] = -z[half + i, j]
+    for i in range(S):
+        for j in range(P):
+            x[i, j] = mu[j] + sigma[j] * z[i, j]
+
+
+@jit
+def snes_update(mu, sigma, z, weights, lr_mean, lr_sigma):
+    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²)."""
+    S, P = z.shape
+    g_mu = np.zeros(P)
+    g_sigma = np.zeros(P)
+    for i in range(S):
+        u = weights[i]
+        for j in range(P):
+            g_mu[j] += u * z[i, j]
+            g_sigma[j] += u * z[i, j] * z[i, j]
+    for j in range(P):
+        mu[j] += lr_mean * sigma[j] * g_mu[j]
+        sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
