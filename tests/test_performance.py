@@ -2,6 +2,7 @@
 the batched population loss equals the per-vector loss, the population engines spend
 exactly their budget, and threaded and single-threaded scipy runs agree."""
 import inspect
+import math
 import warnings
 from pathlib import Path
 
@@ -209,7 +210,60 @@ def test_population_engine_step_budget_and_seed(engine, update_path):
     assert torch.equal(results[0], results[1])  # torch.manual_seed fixes the run
 
 
-# the kernels against the torch calls they replace, on the same random numbers
+class SameDraws(population._Random):
+    """The engines' random source with its uniforms and indices served in order from fixed
+    pools, so both update paths see the same numbers: raw16 and uniform (raw·2⁻¹⁶) share
+    one pool, randint and indices one per range. Normals stay torch's, seeded as in a run."""
+
+    def __init__(self, device):
+        super().__init__(device)
+        rng = np.random.default_rng(0)
+        self.pools = {"raw": iter(rng.integers(0, 2**16, 1 << 20, dtype=np.uint16))}
+        self.rng = rng
+
+    def take(self, key, shape, make):
+        if key not in self.pools:
+            self.pools[key] = iter(make())
+        return np.fromiter(self.pools[key], dtype=np.int64, count=math.prod(shape)).reshape(shape)
+
+    def uniform(self, shape, dtype):
+        return torch.from_numpy(self.take("raw", shape, None) * 2.0**-16).to(dtype)
+
+    def raw16(self, shape):
+        while True:
+            yield self.take("raw", shape, None).astype(np.uint16)
+
+    def randint(self, low, high, size):
+        return torch.from_numpy(self.take((low, high), size, lambda: self.rng.integers(low, high, 1 << 16)))
+
+    def indices(self, high, shape):
+        while True:
+            yield self.randint(0, high, shape).numpy()
+
+
+ALL_ENGINES = {**ENGINES, **{f"de_{s}": (lambda s=s: DE(popsize=10, strategy=s)) for s in DE.STRATEGIES[1:]},
+               "pso_vmax": lambda: PSO(popsize=10, cognitive=1.2, social=1.8, max_velocity=0.05), "snes_plain": lambda: SNES(popsize=10, mirrored=False)}
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+def test_both_update_paths_make_the_same_run_from_the_same_random_numbers(engine, monkeypatch):
+    """The torch calls (the GPU path) and the kernels (CPU) generation by generation, in float64."""
+    monkeypatch.setattr(population, "_Random", SameDraws)
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(population, "_fused", lambda device, fused=fused: fused)
+        torch.manual_seed(3)
+        x = np.linspace(-np.pi, np.pi, 41)[:, None]
+        obj = Objective(MLP(1, 1, width=8), x, np.sin(x), MSE(), dtype=torch.float64)
+        calls, on_step = recorder(max_steps=30)
+        runs.append((ALL_ENGINES[engine]().run(obj, Budget(30, None), on_step), [c[2] for c in calls]))
+    (best_k, losses_k), (best_t, losses_t) = runs
+    assert losses_k[-1] < losses_k[0]  # the run moved
+    np.testing.assert_allclose(losses_k, losses_t, rtol=1e-9)
+    torch.testing.assert_close(best_k, best_t, rtol=1e-9, atol=1e-12)
+
+
+# the kernels against the textbook steps written as torch calls, on the same random numbers
 def _state(S=7, P=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(S, P, generator=g, dtype=torch.float64) for _ in range(4)] + [torch.randn(P, generator=g, dtype=torch.float64)]

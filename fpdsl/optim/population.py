@@ -239,7 +239,8 @@ class DE:
         out = torch.empty_like(x)
         xn, fn, on = x.numpy(), f.numpy(), out.numpy()
         picks, raws, forced = _distinct_others(rand, S), rand.raw16((S, P)), rand.indices(P, (S,))
-        threshold, strategy = round(self.CR * 2**16), self.STRATEGIES.index(self.strategy)
+        # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
+        threshold, strategy = math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy)
 
         def trial():
             best = pop.best_x.numpy()
