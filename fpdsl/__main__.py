@@ -1,10 +1,10 @@
-"""python -m fpdsl [overrides] — compose with Hydra, run, record in MLflow.
+"""fpdsl [overrides] — compose with Hydra, run, record in MLflow (also `python -m fpdsl`).
 
 Bad input ends with one line on stderr naming the key and the fix, exit status 2,
-before anything runs; a diverged run ends FAILED with exit status 1; an interrupted
-run ends KILLED with exit status 130 (SIGINT) or 143 (SIGTERM). In a multirun a job
-with bad input or a diverged run fails alone: the other jobs run, then the sweep exits
-with the same status.
+before anything runs; a diverged or failed run ends FAILED with exit status 1; an
+interrupted run ends KILLED with exit status 130 (SIGINT) or 143 (SIGTERM). In a
+multirun a job with bad input or a diverged run fails alone: the other jobs run, then
+the sweep exits with the same status; an interrupted sweep exits 130.
 """
 import gc
 import os
@@ -14,12 +14,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from fpdsl import interrupt
 from fpdsl.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    from fpdsl.runner import Diverged, run
+def main(cfg: DictConfig) -> str:
+    from fpdsl.runner import Diverged, RunFailed, run
 
     try:
         return run(cfg)
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> float:
         if _in_multirun():
             raise  # Hydra records this job as failed and the sweep's other jobs go on; cli() exits 2
         sys.exit(2)
-    except Diverged as e:
+    except (Diverged, RunFailed) as e:
         print(f"fpdsl: run failed: {e}", file=sys.stderr)
         if _in_multirun():
             raise
@@ -72,13 +73,12 @@ def one_line(e: BaseException) -> str:
 def cli():
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
-    from fpdsl.runner import Diverged, Interrupted
-
     # Start-up (Hydra, torch, MLflow) leaves about 650 000 long-lived objects; the cyclic
     # collector would walk them again and again (about 1 s of start-up, 0.3 s a full
     # collection later). It stays off until training starts, when fpdsl.runner moves them
     # out of its reach (gc.freeze) and turns it back on.
     gc.disable()
+    interrupt.install()
     # let composition errors reach us instead of Hydra's multi-line report
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
@@ -87,11 +87,22 @@ def cli():
         _fail(one_line(e))
     except ConfigError:  # a job of a multirun; it said why, and the other jobs ran
         sys.exit(2)
-    except Diverged:
-        sys.exit(1)
-    except KeyboardInterrupt as e:
-        print(f"fpdsl: {e or 'interrupted'}", file=sys.stderr)
-        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else 2))
+    except interrupt.Interrupted as e:
+        print(f"fpdsl: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print("fpdsl: interrupted (SIGINT)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        from fpdsl.runner import Diverged, RunFailed
+
+        if isinstance(e, (Diverged, RunFailed)):
+            sys.exit(1)
+        raise
+    from fpdsl.sweep import LAST
+
+    if LAST["status"] == "KILLED":
+        sys.exit(130)
 
 
 if __name__ == "__main__":

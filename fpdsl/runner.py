@@ -1,43 +1,120 @@
-"""The task function: config → parts → objective → optimizer loop → probes → MLflow.
+"""The task function: config → checked settings → parts → store → training → record.
 
-Read top to bottom, it is the story of one run.
+Read top to bottom, `run` is the story of one run. Everything that can be wrong with
+the input is found before anything is computed or any store is touched (a resume needs
+the store for its checkpoint, so there it is opened first).
 """
 from __future__ import annotations
 
-import gc
-import math
-import os
-import signal
-import sys
-import tempfile
-import threading
+import logging
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fpdsl import interrupt
 from fpdsl.errors import ConfigError
+from fpdsl.recorder import Diverged, Recorder
 from fpdsl.schema import validate
 
-CHECKPOINT = "checkpoint/last.pt"
+log = logging.getLogger("fpdsl")
 # settings that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("budget.", "resume", "progress", "threads", "tracking.", "checkpoint.", "device")
+RESUMABLE_CHANGES = ("budget.", "resume", "progress", "threads", "tracking.", "checkpoint.", "device", "figures.")
 
 
-class Diverged(RuntimeError):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}; lower the learning rate or the init scale")
-        self.step, self.loss = step, loss
+@dataclass
+class Parts:
+    data: object
+    model: object
+    loss: object
+    optimizer: object
+    objective: object
+    probes: dict
+    params: dict  # the flattened config, as logged
+    choices: dict = field(default_factory=dict)  # the option chosen in each config group
+    family: str = "?"
+    title: str = ""
 
 
-class Interrupted(KeyboardInterrupt):
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> str:
+    """One run; returns its MLflow run id."""
     started = time.perf_counter()
+    conf = check(cfg)
+    with interrupt.deferred():
+        if cfg.resume:
+            store = open_store(cfg)
+            ckpt, skip = load_checkpoint(store, cfg.resume, conf)
+            parts = build(cfg, conf, ckpt)
+            tracker = resume_run(store, cfg, parts, ckpt)
+            job = {}
+        else:
+            ckpt, skip = None, {}
+            parts = build(cfg, conf)
+            store = open_store(cfg)
+            job = sweep_job(store, cfg, parts)
+            if job.get("interrupted"):
+                say(f"job {job['job']}: not started, the sweep was interrupted")
+                return ""
+            if job.get("skip"):
+                say(f"job {job['job']}: run {job['skip']} already finished with this config; skipped")
+                return job["skip"]
+            if job.get("resume"):
+                ckpt, skip = load_checkpoint(store, job["resume"], conf)
+                parts = build(cfg, conf, ckpt)
+                tracker = resume_run(store, cfg, parts, ckpt, run_id=job["resume"])
+            else:
+                tracker = start_run(store, cfg, parts, job.get("tags", {}))
+        say(f"run {tracker.run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')")
+        interrupt.STATE.on_abort.append(lambda: tracker.abort("KILLED", "stopped at once by a third signal"))
+        rec = Recorder(tracker, parts, cfg, first=ckpt["step"] if ckpt else 0, ckpt=ckpt, skip=skip,
+                       sweep_stop=job.get("stop"), say=say)
+        status, error = "FAILED", None
+        try:
+            rec.start()
+            _collect_garbage_later()
+            parts.optimizer.run(parts.objective, rec.remaining, rec.on_step)
+            status = "KILLED" if interrupt.requested() is not None or rec.stopped == "the sweep was interrupted" else "FINISHED"
+        except Diverged as e:
+            error = e
+        except Exception as e:
+            error = e
+            log.exception("the run failed")
+        finally:
+            interrupt.STATE.on_abort.clear()
+            interrupt.STATE.on_first.clear()
+            status, summary = rec.close(status, error)
+    seconds = time.perf_counter() - started
+    say(f"{status.lower()} after {rec.step} steps, {parts.objective.n_evals} loss evaluations, "
+        f"loss {rec.loss:.3e}, {seconds:.1f}s{summary}")
+    if isinstance(error, Diverged):
+        raise error
+    if error is not None:
+        raise RunFailed(f"{type(error).__name__}: {error}") from error
+    if status == "FAILED":
+        raise RunFailed("writing the run's results failed; see the tag fpdsl.error")
+    signum = interrupt.requested()
+    if signum is not None and not job.get("tags"):
+        raise interrupt.Interrupted(signum, f"at step {rec.step}; run {tracker.run_id} is KILLED")
+    return tracker.run_id
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def say(text: str) -> None:
+    """A line about the run: into Hydra's job log and the terminal (stdout without Hydra)."""
+    if logging.getLogger().handlers or log.handlers:
+        log.info(text)
+    else:
+        print(f"fpdsl: {text}", flush=True)
+
+
+# -- checking ---------------------------------------------------------------------------
+def check(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers, every value checked (one-line ConfigError)."""
     try:
         conf = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation that cannot resolve
@@ -45,267 +122,220 @@ def run(cfg: DictConfig) -> float:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]}: required; add {missing[0]}=<value>")
+    conf.pop("hydra", None)
     validate(conf)
-    params = _flatten(conf)
-    tracker = _tracker(cfg)
-    ckpt = _load_checkpoint(tracker, cfg.resume, params) if cfg.resume else None
+    return conf
 
+
+# -- parts ------------------------------------------------------------------------------
+def build(cfg: DictConfig, conf: dict, ckpt: dict | None = None) -> Parts:
+    """Data, model, loss, optimizer, objective and probes, seeded; sizes checked before
+    anything large is allocated."""
     import numpy as np
     import torch
 
+    from fpdsl import limits
     from fpdsl.objective import Objective
-    from fpdsl.optim import Budget
-    from fpdsl.probes import StepView
 
+    limits.check_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device: cuda asked for but no GPU is visible; use device=cpu")
-
     data = _instantiate(cfg.dataset)
-    model = _instantiate(cfg.model, in_dim=data.x.shape[1], out_dim=data.y.shape[1])
-    loss_fn = _instantiate(cfg.loss, data=data) if "data" in _params(cfg.loss) else _instantiate(cfg.loss)
+    limits.check_data(data)
     optimizer = _instantiate(cfg.optimizer)
-    objective = Objective(model, data.x, data.y, loss_fn, dtype=getattr(torch, optimizer.dtype), device=cfg.device)
+    dtype = getattr(torch, optimizer.dtype)
+    limits.check_model(cfg, data, dtype, lambda: _model(cfg, data, "meta"))
+    model = _model(cfg, data)
+    loss_fn = _instantiate(cfg.loss, data=data) if "data" in _params(cfg.loss) else _instantiate(cfg.loss)
+    objective = Objective(model, data.x, data.y, loss_fn, dtype=dtype, device=cfg.device)
     probes = {name: _instantiate(node, data=data, name=name) for name, node in (cfg.probe or {}).items()}
-
-    first = 0  # the step this process starts from (non-zero when resuming)
+    choices = _choices()
+    parts = Parts(data, model, loss_fn, optimizer, objective, probes, params=_flatten(conf), choices=choices,
+                  family=getattr(optimizer, "family", type(optimizer).__name__))
+    parts.title = " · ".join(str(choices.get(g, "?")) for g in ("optimizer", "model", "dataset")) + f" · seed {cfg.seed}"
     if ckpt is not None:
-        first = ckpt["step"]
         objective.theta0 = ckpt["theta"].to(device=objective.device, dtype=objective.dtype)
         objective.n_evals = ckpt["n_evals"]
         for name, p in probes.items():
             p.__dict__.update(ckpt["probes"].get(name, {}))
         torch.set_rng_state(ckpt["torch_rng"])
-        np.random.set_state(ckpt["numpy_rng"])
+        np.random.set_state(tuple(ckpt["numpy_rng"]))
         if ckpt.get("optimizer") is not None and hasattr(optimizer, "load_state"):
             optimizer.load_state(ckpt["optimizer"])
-    remaining = Budget(
-        None if cfg.budget.max_steps is None else max(cfg.budget.max_steps - first, 1),
-        None if cfg.budget.max_evals is None else max(cfg.budget.max_evals - objective.n_evals, 1),
-    )
+    return parts
 
-    if ckpt is None:
-        choices = _choices()
-        run_id = tracker.start(
-            run_name="-".join(str(choices.get(g, "?")) for g in ("optimizer", "model", "dataset")) + f"-s{cfg.seed}",
-            tags={f"fpdsl.{g}": str(v) for g, v in choices.items()} | {"fpdsl.overrides": _overrides()},
-        )
-    else:
-        run_id = tracker.run_id = cfg.resume
-        tracker.client.update_run(run_id, status="RUNNING")
-        tracker.set_tags({"fpdsl.resumed_from_step": first, "fpdsl.resume_exact": ckpt.get("optimizer") is not None and hasattr(optimizer, "load_state")})
-    print(f"fpdsl: run {run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')", flush=True)
 
-    state = {"step": first, "theta": objective.theta0, "loss": math.nan, "n_evals": objective.n_evals, "observed": -1, "logged": -1}
-    # every step's loss and evaluation count, in memory (cheap) and in probe_history.npz;
-    # MLflow gets them every tracking.every steps, since its cost per point rivals a training step
-    trace = (ckpt or {}).get("trace") or {"step": [], "loss": [], "n_evals": []}
-    log_every = cfg.tracking.every
-    bar = _progress(cfg, cfg.budget.max_steps, first)
-    every_ckpt = cfg.checkpoint.every
+def _model(cfg, data, device=None):
+    import torch
 
-    sent = {name: -math.inf for name in probes}  # the step each probe's scalars last went to MLflow
-    latest = {}  # probe → (step, scalars) of its latest observation
+    if device is None:
+        return _instantiate(cfg.model, in_dim=data.x.shape[1], out_dim=data.y.shape[1])
+    with torch.device(device):
+        return _instantiate(cfg.model, in_dim=data.x.shape[1], out_dim=data.y.shape[1])
 
-    def observe(step, theta, force=False):
-        """Probes due at this step observe; their scalars go to MLflow at most once every
-        tracking.every steps (each probe keeps every observation for probe_history.npz)."""
-        metrics = {}
-        due = [name for name, p in probes.items() if force or step % p.every == 0]
-        if due:
-            view = StepView(objective, theta)
-            for name in due:
-                latest[name] = (step, {f"{name}/{k}": v for k, v in probes[name].observe(step, view).items()})
-                if force or step - sent[name] >= log_every:
-                    sent[name] = step
-                    metrics.update(latest[name][1])
-            state["observed"] = step
-        return metrics
 
-    def send_latest():
-        """Each probe's latest observation to MLflow, if it has not gone yet (at the end of a run)."""
-        for name, (step, metrics) in latest.items():
-            if sent[name] != step:
-                sent[name] = step
-                tracker.log_metrics(metrics, step)
+# -- the store ---------------------------------------------------------------------------
+def open_store(cfg):
+    """The store, opened with bounded waits; runs left behind by gone processes recovered."""
+    from fpdsl.store import Store, StoreError
 
-    def on_step(local_step, theta, n_evals, loss):
-        step = first + local_step
-        state.update(step=step, theta=theta, loss=loss, n_evals=n_evals)
-        for k, v in (("step", step), ("loss", loss), ("n_evals", n_evals)):
-            trace[k].append(v)
-        metrics = observe(step, theta)
-        if step % log_every == 0 or not math.isfinite(loss):
-            metrics |= {"loss": loss, "n_evals": n_evals}
-            state["logged"] = step
-        if metrics:
-            tracker.log_metrics(metrics, step)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({"loss": f"{loss:.3e}", "evals": n_evals, "evals/s": f"{n_evals / max(bar.format_dict['elapsed'], 1e-9):.3g}"}, refresh=False)
-        if not math.isfinite(loss):
-            raise Diverged(step, loss)
-        if every_ckpt and step % every_ckpt == 0 and local_step > 0:
-            _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace)
-        return step >= (cfg.budget.max_steps or math.inf) or n_evals >= (cfg.budget.max_evals or math.inf)
-
-    status = "FAILED"
-    previous = _catch_signals()
     try:
-        if ckpt is None:
-            tracker.log_params(params)
-            tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            with torch.no_grad():
-                loss0 = float(objective.loss_fn(objective.forward(objective.theta0), objective.y))
-            on_step(0, objective.theta0, 0, loss0)
-        if not gc.isenabled():  # the command line starts with the collector off (fpdsl.__main__.cli)
-            gc.freeze()  # what start-up built lives as long as the run: later collections skip it
-            gc.enable()
-        t_train = time.perf_counter()
-        optimizer.run(objective, remaining, on_step)
-        train_seconds = time.perf_counter() - t_train
-        if state["observed"] != state["step"]:
-            tracker.log_metrics(observe(state["step"], state["theta"], force=True), state["step"])
-        tracker.log_metrics(
-            {"final_loss": state["loss"], "train_seconds": train_seconds, "evals_per_second": objective.n_evals / train_seconds},
-            state["step"],
-        )
-        status = "FINISHED"
-    except KeyboardInterrupt as e:
-        status = "KILLED"
-        tracker.set_tags({"fpdsl.stopped": f"{e or 'interrupted'} at step {state['step']}"})
-        raise
-    except Diverged as e:
-        tracker.set_tags({"fpdsl.error": str(e), "fpdsl.diverged_step": e.step})
-        raise
-    except BaseException as e:
-        tracker.set_tags({"fpdsl.error": f"{type(e).__name__}: {e}"[:5000]})
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+        store = Store(cfg.tracking.uri, timeout=cfg.tracking.timeout)
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"tracking.uri: cannot use MLflow store {cfg.tracking.uri!r} ({first[:200]})") from None
+    if interrupt.requested() is not None:
+        raise interrupt.Interrupted(interrupt.requested(), "before the run was created; nothing was recorded")
+    for note in store.recover():
+        say(note)
+    return store
+
+
+def start_run(store, cfg, parts: Parts, job_tags: dict):
+    """A new MLflow run: unique name, group choices and provenance as tags, the config as
+    params (with the optimizer's family and option), the dataset as an input."""
+    from fpdsl import provenance
+    from fpdsl.store import owner_tags
+    from fpdsl.tracking import Tracker
+
+    choices = parts.choices
+    try:
+        exp_id = store.experiment_id(cfg.tracking.experiment)
+    except Exception as e:
+        raise ConfigError(f"tracking.experiment: MLflow refused the experiment {cfg.tracking.experiment!r} "
+                          f"({str(e).strip().splitlines()[0][:150]}); choose another name") from None
+    stem = "-".join(str(choices.get(g, "?")) for g in ("optimizer", "model", "dataset")) + f"-s{cfg.seed}"
+    if "fpdsl.job" in job_tags:
+        stem += f"-j{job_tags['fpdsl.job']}"
+    tags = {f"fpdsl.{g}": str(v) for g, v in choices.items()} | {"fpdsl.overrides": _overrides()}
+    tags |= provenance.tags() | owner_tags() | {"fpdsl.config_hash": config_hash(parts.params)} | job_tags
+    tracker = Tracker.create(store, exp_id, f"{stem}-{uuid.uuid4().hex[:4]}", tags)
+    params = dict(parts.params) | {f"choice.{g}": v for g, v in choices.items()} | {"optimizer.family": parts.family}
+    tracker.log_params(params)
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_input(**provenance.dataset_input(parts.data, choices.get("dataset", "dataset"), cfg.dataset))
+    tracker.commit()
+    return tracker
+
+
+def resume_run(store, cfg, parts, ckpt, run_id=None):
+    from fpdsl.store import owner_tags
+    from fpdsl.tracking import OwnedElsewhere, Tracker
+
+    run_id = run_id or cfg.resume
+    exact = ckpt.get("optimizer") is not None and hasattr(parts.optimizer, "load_state")
+    try:
+        return Tracker.reopen(store, run_id, owner_tags() | {"fpdsl.resumed_from_step": ckpt["step"],
+                                                             "fpdsl.resume_exact": exact})
+    except OwnedElsewhere as e:
+        raise ConfigError(f"resume: run {run_id} is owned by another process ({e}); wait for it or stop it first") from None
+
+
+def load_checkpoint(store, run_id: str, conf: dict):
+    """The run's last checkpoint (previous.pt when last.pt is cut short), checked against the
+    config, and the last step the store already has of each metric."""
+    from fpdsl import checkpoint
+
+    client = store.client
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise ConfigError(f"resume: no run {run_id!r} in {store.uri}; copy the run id from `mlflow ui` or the run's first line") from None
+    names = {a.path.rsplit("/", 1)[-1] for a in _artifacts(client, run_id, checkpoint.FOLDER)}
+    if checkpoint.LAST not in names:
+        raise ConfigError(f"resume: run {run_id} has no {checkpoint.FOLDER}/{checkpoint.LAST}; it ended before its first "
+                          "checkpoint (set checkpoint.every to keep them during a run)")
+    ckpt, errors = None, []
+    for name in (checkpoint.LAST, checkpoint.PREVIOUS):
+        if name not in names:
+            continue
         try:
-            if state["logged"] != state["step"] and trace["step"]:
-                tracker.log_metrics({"loss": state["loss"], "n_evals": state["n_evals"]}, state["step"])
-            send_latest()
-            summary = _finish(tracker, probes, state["step"], {f"trace/{k}": np.asarray(v) for k, v in trace.items()})
-            if status != "FINISHED" or every_ckpt:
-                _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace)
-        finally:
-            tracker.end(status)
-            _restore_signals(previous)
-    print(f"fpdsl: {status.lower()} after {state['step']} steps, {objective.n_evals} loss evaluations, "
-          f"loss {state['loss']:.3e}, {time.perf_counter() - started:.1f}s{summary}", flush=True)
-    return state["loss"]
-
-
-def _finish(tracker, probes, step, arrays) -> str:
-    """Probes' summaries, figures and arrays go to MLflow, whatever ended the run."""
-    import numpy as np
-
-    summary = ""
-    for name, p in probes.items():
-        if not p.steps:
-            continue  # nothing recorded
-        res = p.finish()
-        tracker.log_metrics({f"{name}/{k}": v for k, v in res.metrics.items()}, step)
-        if res.tags:
-            tracker.set_tags({f"{name}/{k}": v for k, v in res.tags.items()})
-        for fig_name, fig in res.figures.items():
-            tracker.log_figure(fig, f"figures/{name}_{fig_name}.png")
-        arrays.update({f"{name}/{k}": v for k, v in res.arrays.items()})
-        if "fp_order" in res.metrics:
-            summary += f"; {name}: F-Principle {res.tags.get('fp_verdict')} (order {res.metrics['fp_order']:+.2f})"
-    with tempfile.TemporaryDirectory() as tmp:
-        if arrays:
-            np.savez_compressed(Path(tmp) / "probe_history.npz", **arrays)
-            tracker.log_artifact(Path(tmp) / "probe_history.npz")
-    hydra_dir = _hydra_output_dir()
-    if hydra_dir is not None and (hydra_dir / ".hydra").is_dir():
-        tracker.log_artifact(hydra_dir / ".hydra", ".hydra")
-    tracker.flush()
-    return summary
-
-
-# -- checkpoints ---------------------------------------------------------------
-def _save_checkpoint(tracker, state, objective, probes, optimizer, params, trace):
-    """θ, evaluation count, probe history, RNG state and, where the family exposes it,
-    the optimizer's own state, as one artifact that `resume=<run id>` reads back."""
-    import numpy as np
-    import torch
-
-    ckpt = {
-        "step": state["step"],
-        "theta": state["theta"].detach().cpu().clone(),
-        "n_evals": objective.n_evals,
-        "probes": {name: _history(p) for name, p in probes.items()},
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": np.random.get_state(),
-        "optimizer": optimizer.state() if hasattr(optimizer, "state") else None,
-        "params": params,
-        "trace": trace,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(CHECKPOINT).name
-        torch.save(ckpt, path)
-        tracker.log_artifact(path, str(Path(CHECKPOINT).parent))
-
-
-def _history(probe) -> dict:
-    """What a probe recorded (lists, tuples, scalars), not the constant operators it built
-    from the data (kernels, DFT matrices: numpy arrays), which the resumed run rebuilds."""
-    kept = (list, tuple, dict, int, float, str, bool, type(None))
-    return {k: v for k, v in probe.__dict__.items() if isinstance(v, kept)}
-
-
-def _load_checkpoint(tracker, run_id, params):
-    import torch
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        tracker.client.get_run(run_id)
-    except Exception:
-        raise ConfigError(f"resume: no run {run_id!r} in {tracker.uri}; copy the run id from `mlflow ui` or the run's first line") from None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = tracker.client.download_artifacts(run_id, CHECKPOINT, tmp)
-            ckpt = torch.load(path, weights_only=False)
-    except Exception:
-        raise ConfigError(f"resume: run {run_id} has no {CHECKPOINT}; it ran without checkpoints (set checkpoint.every)") from None
-    differ = [
-        k for k in set(params) | set(ckpt["params"])
-        if not k.startswith(RESUMABLE_CHANGES) and str(params.get(k)) != str(ckpt["params"].get(k))
-    ]
+            with _download(client, run_id, f"{checkpoint.FOLDER}/{name}") as data:
+                ckpt = checkpoint.loads(data, f"{checkpoint.FOLDER}/{name} of run {run_id}")
+            if name == checkpoint.PREVIOUS:
+                say(f"resume: {errors[0]}; continuing from {checkpoint.FOLDER}/{checkpoint.PREVIOUS} (step {ckpt['step']})")
+            break
+        except checkpoint.CheckpointError as e:
+            errors.append(str(e))
+    if ckpt is None:
+        raise ConfigError(f"resume: {errors[0]}; it cannot be resumed")
+    params = _flatten(conf)
+    differ = [k for k in set(params) | set(ckpt["params"])
+              if not k.startswith(RESUMABLE_CHANGES) and str(params.get(k)) != str(ckpt["params"].get(k))]
     if differ:
         k = sorted(differ)[0]
-        raise ConfigError(
-            f"resume: {k} was {ckpt['params'].get(k)!r} in run {run_id}, is {params.get(k)!r} now; "
-            "pass the run's own overrides (only budget, threads, device, progress may change)"
-        )
-    return ckpt
+        raise ConfigError(f"resume: {k} was {ckpt['params'].get(k)!r} in run {run_id}, is {params.get(k)!r} now; "
+                          "pass the run's own overrides (only budget, threads, device, progress may change)")
+    budget = conf["budget"]
+    if budget["max_steps"] is not None and ckpt["step"] >= budget["max_steps"] and (
+            budget["max_evals"] is None or ckpt["n_evals"] >= budget["max_evals"]):
+        raise ConfigError(f"budget.max_steps: run {run_id} already reached step {ckpt['step']}; "
+                          f"raise budget.max_steps above {ckpt['step']} to continue it")
+    if budget["max_evals"] is not None and ckpt["n_evals"] >= budget["max_evals"] and budget["max_steps"] is None:
+        raise ConfigError(f"budget.max_evals: run {run_id} already made {ckpt['n_evals']} evaluations; raise it to continue")
+    skip = {}
+    if run.info.status not in ("KILLED", "FINISHED"):  # crashed after its checkpoint: the store has later points
+        for key in run.data.metrics:
+            hist = client.get_metric_history(run_id, key)
+            if hist:
+                skip[key] = max(m.step for m in hist)
+    return ckpt, {k: v for k, v in skip.items() if v > ckpt["step"]}
 
 
-# -- signals -------------------------------------------------------------------
-def _catch_signals():
-    """SIGINT and SIGTERM end the run KILLED with buffers flushed and figures written."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+def _artifacts(client, run_id, path):
+    try:
+        return client.list_artifacts(run_id, path)
+    except Exception:
+        return []
 
 
-def _restore_signals(previous):
-    for s, h in (previous or {}).items():
-        signal.signal(s, h)
+class _download:
+    def __init__(self, client, run_id, path):
+        self.client, self.run_id, self.path = client, run_id, path
+
+    def __enter__(self) -> bytes:
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory()
+        local = self.client.download_artifacts(self.run_id, self.path, self._tmp.name)
+        return Path(local).read_bytes()
+
+    def __exit__(self, *exc):
+        self._tmp.cleanup()
 
 
-# -- helpers -------------------------------------------------------------------
+def sweep_job(store, cfg, parts) -> dict:
+    """Inside a sweep: the tags that make this run a child of the sweep's run, and what an
+    earlier attempt of the same sweep left for this job (skip it, or resume it)."""
+    from fpdsl import sweep
+
+    return sweep.job(store, cfg, config_hash(parts.params))
+
+
+def config_hash(params: dict) -> str:
+    """What identifies a run's configuration (without settings a resume may change)."""
+    import hashlib
+    import json
+
+    kept = {k: str(v) for k, v in sorted(params.items()) if not k.startswith(RESUMABLE_CHANGES)}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _collect_garbage_later() -> None:
+    """The command line starts with the cyclic collector off (fpdsl.__main__); what start-up
+    built lives as long as the run, so later collections skip it."""
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def _instantiate(node, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -329,36 +359,6 @@ def _params(node) -> set[str]:
     return set(inspect.signature(get_object(node._target_)).parameters)
 
 
-def _tracker(cfg):
-    from fpdsl.tracking import Tracker
-
-    uri = cfg.tracking.uri
-    if uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-        except Exception as e:
-            reason = getattr(e, "reason", e)
-            raise ConfigError(
-                f"tracking.uri: no MLflow server answers at {uri} ({reason}); start one (mlflow server) "
-                "or use tracking.uri=sqlite:///mlflow.db"
-            ) from None
-    try:
-        return Tracker(uri, cfg.tracking.experiment)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"tracking.uri: cannot use MLflow store {uri!r} ({first[:200]})") from None
-
-
-def _progress(cfg, total, initial):
-    if cfg.progress == "off" or (cfg.progress == "auto" and (not sys.stderr.isatty() or os.environ.get("CI") or _multirun())):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
-
-
 def _hydra():
     from hydra.core.hydra_config import HydraConfig
 
@@ -367,24 +367,14 @@ def _hydra():
 
 def _choices() -> dict:
     h = _hydra()
-    return {k: v for k, v in h.runtime.choices.items() if not k.startswith("hydra/")} if h else {}
+    if not h:
+        return {}
+    return {k: v for k, v in h.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
 
 
 def _overrides() -> str:
     h = _hydra()
     return " ".join(h.overrides.task) if h else ""
-
-
-def _multirun() -> bool:
-    from hydra.types import RunMode
-
-    h = _hydra()
-    return bool(h and h.mode == RunMode.MULTIRUN)
-
-
-def _hydra_output_dir():
-    h = _hydra()
-    return Path(h.runtime.output_dir) if h else None
 
 
 def _flatten(d, prefix=""):
@@ -396,3 +386,4 @@ def _flatten(d, prefix=""):
         else:
             out[key] = v
     return out
+

@@ -5,6 +5,7 @@ and the run-level settings against RunSettings. Runs before anything is instanti
 from __future__ import annotations
 
 import inspect
+import os
 import typing
 from typing import Annotated, Any, Literal, Optional
 
@@ -18,34 +19,55 @@ RUNTIME_ARGS = {"model": {"in_dim", "out_dim"}, "loss": {"data"}, "probe": {"dat
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 # run-level settings: every key must be present (conf/config.yaml gives them all)
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_steps: Optional[Annotated[int, Field(ge=1)]]
-    max_evals: Optional[Annotated[int, Field(ge=1)]]
+    model_config = STRICT
+    max_steps: Optional[Annotated[int, Field(ge=1, le=10**12)]]
+    max_evals: Optional[Annotated[int, Field(ge=1, le=10**15)]]
+    max_loss_drop: Optional[Annotated[float, Field(gt=0, le=1)]] = None
 
 
 class Tracking(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     uri: Annotated[str, Field(min_length=1)]
-    experiment: Annotated[str, Field(min_length=1)]
+    experiment: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
     every: Annotated[int, Field(ge=1)]
+    per_decade: Optional[Annotated[int, Field(ge=1, le=1000)]] = None
+    images_per_decade: Optional[Annotated[int, Field(ge=1, le=20)]] = None
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
 
 
 class Checkpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     every: Optional[Annotated[int, Field(ge=1)]]
 
 
+class Figures(BaseModel):
+    model_config = STRICT
+    formats: Annotated[list[Literal["png", "pdf", "svg"]], Field(min_length=1)]
+    dpi: Annotated[int, Field(ge=20, le=1200)]
+
+
 class RunSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    seed: int
+    model_config = STRICT
+    seed: Annotated[int, Field(ge=0, lt=2**32)]
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps)$")]
-    threads: Optional[Annotated[int, Field(ge=1)]]
+    threads: Optional[Annotated[int, Field(ge=1, le=4 * _cores())]]
     progress: Literal["auto", "on", "off"]
     budget: Budget
     tracking: Tracking
     checkpoint: Checkpoint
+    figures: Figures
     resume: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]]
 
 
@@ -67,6 +89,10 @@ def validate(cfg: dict) -> None:
         RunSettings.model_validate(run_level)
     except ValidationError as e:
         raise ConfigError(_describe(e, prefix="", value=run_level)) from None
+    budget = run_level["budget"]
+    if budget.get("max_steps") is None and budget.get("max_evals") is None:
+        raise ConfigError("budget: max_steps and max_evals are both null, so the run would never stop; "
+                          "set budget.max_steps=<N> or budget.max_evals=<N>")
 
 
 def check_node(node: dict, path: str, runtime: set[str] = frozenset()) -> None:

@@ -2,20 +2,29 @@
 
 `SweepCallback` is a Hydra callback (conf/config.yaml, `hydra.callbacks.sweep`). Before
 the launcher starts any job it opens the store once (so a new SQLite file is created
-and migrated by this process alone), creates the sweep's run, and puts what jobs need
-into the environment the launcher's workers inherit: the parent run, the sweep id and
-the threads each job may use. A job's `Tracker.start` reads that back (`job_tags`)
-and tags its run as a child. Where the environment does not travel (a remote Ray
-cluster), a job finds the sweep's run by its tag `fpdsl.sweep_dir`.
+and migrated by this process alone), finds or creates the sweep's run, and puts what
+jobs need into the environment the launcher's workers inherit: the parent run, the
+sweep id and the threads each job may use. A job (`job`) reads that back, tags its run
+as a child, and looks for what an earlier attempt of the same sweep left for it.
+
+Running the same `-m` command again with the same `hydra.sweep.dir` resumes the sweep
+under the same parent run: a job whose child FINISHED with the same config (and budget)
+is skipped, one that was KILLED or crashed continues from its checkpoint, the rest run.
+
+Ctrl-C (or SIGTERM to the launcher) stops the sweep: running jobs stop at their next
+step and end KILLED with everything they recorded, jobs not yet started do not start
+(a marker file in the sweep folder tells every worker), and the parent ends KILLED.
 """
 from __future__ import annotations
 
 import atexit
 import json
 import os
+import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -24,6 +33,9 @@ SWEEP_ENV = "FPDSL_SWEEP"  # JSON: parent_run_id, sweep_id, uri, experiment_id, 
 THREADS_ENV = "FPDSL_THREADS_PER_JOB"
 # read when a BLAS or OpenMP runtime loads in a new worker process
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+MARKER = ".fpdsl-interrupted"
+LAST = {"status": None}  # the status the launching process gave its sweep (read by the command line)
+_SIGNALS = {"count": 0}
 
 
 def cores() -> int:
@@ -32,6 +44,18 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def marker(sweep_dir: str) -> Path:
+    return Path(sweep_dir) / MARKER
+
+
+def mark_interrupted(sweep_dir: str, signum: int) -> None:
+    try:
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        marker(sweep_dir).write_text(signal.Signals(signum).name)
+    except OSError:
+        pass
 
 
 class SweepCallback(Callback):
@@ -47,78 +71,102 @@ class SweepCallback(Callback):
         threads = max(1, cores() // at_once) if at_once else None
         if threads is not None:
             self._set_env({THREADS_ENV: str(threads)} | {v: os.environ.get(v, str(threads)) for v in THREAD_VARS})
+        self.sweep_dir = os.path.abspath(str(hydra.sweep.dir))
+        marker(self.sweep_dir).unlink(missing_ok=True)  # a resumed sweep runs again
+        stop_on_signal(self.sweep_dir)
 
-        from fpdsl.tracking import experiment_id, open_store
+        from fpdsl.store import Store, owner_tags
 
         uri, experiment = str(config.tracking.uri), str(config.tracking.experiment)
         try:
-            client = open_store(uri)
-            exp_id = experiment_id(client, experiment, uri)
+            store = Store(uri, timeout=float(config.tracking.get("timeout", 15)))
+            for note in store.recover():
+                print(f"fpdsl: {note}", flush=True)
+            exp_id = store.experiment_id(experiment)
         except Exception as e:  # each job reports the store's trouble itself
             print(f"fpdsl: sweep: no parent run ({str(e).strip().splitlines()[0][:200]})", file=sys.stderr)
             return
-        sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        sweep_dir = os.path.abspath(str(hydra.sweep.dir))
+        client = store.client
         overrides = " ".join(hydra.overrides.task)
         launcher = hydra.runtime.choices.get("hydra/launcher", "basic")
-        run = client.create_run(
-            exp_id,
-            run_name=f"sweep-{sweep_id}",
-            tags={
-                "fpdsl.role": "sweep",
-                "fpdsl.sweep_id": sweep_id,
-                "fpdsl.sweep_dir": sweep_dir,
-                "fpdsl.overrides": overrides,
-                "fpdsl.launcher": launcher,
-                "fpdsl.jobs_at_once": str(at_once or "per allocation"),
-                "fpdsl.threads_per_job": str(threads or "per allocation"),
-                "mlflow.note.content": f"sweep `{overrides}` with launcher {launcher}, {total or '?'} jobs",
-            },
-        )
-        self.parent_run_id = run.info.run_id
-        self._uri, self._started = uri, time.time()
+        previous = _previous_parent(client, exp_id, self.sweep_dir)
+        if previous is not None:
+            run_id, sweep_id = previous.info.run_id, previous.data.tags.get("fpdsl.sweep_id", "")
+            from mlflow.entities import RunTag
+
+            client.update_run(run_id, status="RUNNING")
+            attempts = int(previous.data.tags.get("fpdsl.attempts", "1")) + 1
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in (owner_tags() | {"fpdsl.attempts": str(attempts)}).items()])
+            print(f"fpdsl: sweep {sweep_id}: resuming under parent run {run_id} (attempt {attempts}): finished jobs "
+                  "are skipped, killed or crashed ones continue from their checkpoints", flush=True)
+        else:
+            sweep_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            run = client.create_run(
+                exp_id,
+                run_name=f"sweep-{sweep_id}",
+                tags={
+                    "fpdsl.role": "sweep",
+                    "fpdsl.sweep_id": sweep_id,
+                    "fpdsl.sweep_dir": self.sweep_dir,
+                    "fpdsl.overrides": overrides,
+                    "fpdsl.launcher": launcher,
+                    "fpdsl.jobs_at_once": str(at_once or "per allocation"),
+                    "fpdsl.threads_per_job": str(threads or "per allocation"),
+                    "mlflow.note.content": f"sweep `{overrides}` with launcher {launcher}, {total or '?'} jobs",
+                } | owner_tags(),
+            )
+            run_id = run.info.run_id
+        self.parent_run_id = run_id
+        self._uri, self._timeout, self._started = uri, float(config.tracking.get("timeout", 15)), time.time()
         self._set_env({
             SWEEP_ENV: json.dumps({
-                "parent_run_id": self.parent_run_id, "sweep_id": sweep_id, "uri": uri,
-                "experiment_id": exp_id, "sweep_dir": sweep_dir,
+                "parent_run_id": run_id, "sweep_id": sweep_id, "uri": uri,
+                "experiment_id": exp_id, "sweep_dir": self.sweep_dir,
             })
         })
         # a failed job makes Hydra raise before on_multirun_end: close the parent at exit then
         atexit.register(self._end, None)
-        print(f"fpdsl: sweep {sweep_id}: parent run {self.parent_run_id}, {total or '?'} jobs, "
+        print(f"fpdsl: sweep {sweep_id}: parent run {run_id}, {total or '?'} jobs, "
               f"{at_once or 'one allocation'} at once, {threads or 'allocation'} threads each", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         self._end("FINISHED")
 
     def _end(self, status: str | None) -> None:
-        """Close the sweep's run: FINISHED when every job finished, KILLED when one was interrupted, else FAILED."""
+        """Close the sweep's run: KILLED when it was interrupted, FINISHED when every job
+        finished, else FAILED."""
         self._restore_env()
         if self.parent_run_id is None:
             return
         run_id, self.parent_run_id = self.parent_run_id, None
         from mlflow.entities import Metric
 
-        from fpdsl.tracking import open_store
+        from fpdsl.store import Store
 
         try:
-            client = open_store(self._uri)
+            client = Store(self._uri, timeout=self._timeout).client
             run = client.get_run(run_id)
             children = client.search_runs(
                 [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=50000
             )
+            latest = {}
+            for c in sorted(children, key=lambda c: c.info.start_time):
+                latest[c.data.tags.get("fpdsl.config_hash", c.info.run_id)] = c  # a job run again supersedes
             counts = {}
-            for c in children:
+            for c in latest.values():
                 counts[c.info.status] = counts.get(c.info.status, 0) + 1
-            if status is None:  # the sweep stopped before its end: a job failed, or an interrupt
-                status = "KILLED" if counts.get("KILLED") else "FAILED"
-            elif set(counts) - {"FINISHED"}:
+            interrupted = marker(self.sweep_dir).exists()
+            if interrupted or counts.get("KILLED"):
+                status = "KILLED"
+            elif status is None or set(counts) - {"FINISHED"}:
                 status = "FAILED"
             now = int(time.time() * 1000)
-            metrics = {"jobs": len(children), "jobs_finished": counts.get("FINISHED", 0),
-                       "jobs_failed": counts.get("FAILED", 0), "sweep_seconds": time.time() - self._started}
+            metrics = {"jobs": len(latest), "jobs_finished": counts.get("FINISHED", 0),
+                       "jobs_failed": counts.get("FAILED", 0), "jobs_killed": counts.get("KILLED", 0),
+                       "sweep_seconds": time.time() - self._started}
             client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
             client.set_terminated(run_id, status=status)
+            LAST["status"] = status
         except Exception as e:
             print(f"fpdsl: sweep: could not close parent run {run_id} ({e})", file=sys.stderr)
 
@@ -141,6 +189,109 @@ class SweepCallback(Callback):
     # -- each job, in its worker ---------------------------------------------------
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         limit_threads(job_threads(config))
+        stop_on_signal(os.path.abspath(str(config.hydra.sweep.dir)))
+
+
+def stop_on_signal(sweep_dir: str) -> None:
+    """SIGINT/SIGTERM outside a job's training (the launcher, an idle worker): mark the sweep
+    interrupted so that running jobs stop at their next step and no further job starts; the
+    third signal ends the process."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _SIGNALS["count"] += 1
+        if _SIGNALS["count"] >= 3:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        first = not marker(sweep_dir).exists()
+        mark_interrupted(sweep_dir, signum)
+        if first:
+            print(f"\nfpdsl: sweep: {signal.Signals(signum).name}: running jobs stop at their next step and end "
+                  "KILLED; no further job starts (the same command with the same hydra.sweep.dir resumes)",
+                  file=sys.stderr, flush=True)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
+
+
+def _previous_parent(client, exp_id, sweep_dir):
+    if "'" in sweep_dir:
+        return None
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.`fpdsl.sweep_dir` = '{sweep_dir}' and tags.`fpdsl.role` = 'sweep'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def job(store, cfg, config_hash: str) -> dict:
+    """What a job of a sweep needs: {} outside one. Inside: `tags` (child of the sweep's run),
+    `job` (its number), `stop` (True once the sweep was interrupted), `on_signal`, and what an
+    earlier attempt left: `skip` (a run id that finished with this config) or `resume`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    h = HydraConfig.get()
+    if h.mode != RunMode.MULTIRUN:
+        return {}
+    sweep_dir = os.path.abspath(str(h.sweep.dir))
+    out = {"job": h.job.num, "stop": lambda: marker(sweep_dir).exists()}
+    parent = _parent_from_env(sweep_dir, store) or _parent_from_store(sweep_dir, store)
+    if parent is None:
+        return out
+    if marker(sweep_dir).exists():
+        out["interrupted"] = True
+        return out
+    from fpdsl import interrupt
+
+    interrupt.STATE.on_first.append(lambda: mark_interrupted(sweep_dir, interrupt.requested() or signal.SIGINT))
+    out["tags"] = {
+        "mlflow.parentRunId": parent[0],
+        "fpdsl.sweep_id": parent[1],
+        "fpdsl.job": str(h.job.num),
+        "fpdsl.overrides": " ".join(h.overrides.task),
+    }
+    if "torch" in sys.modules:
+        out["tags"]["fpdsl.threads"] = str(sys.modules["torch"].get_num_threads())
+    earlier = _earlier_child(store, parent[0], config_hash)
+    if earlier is not None:
+        status, run_id = earlier.info.status, earlier.info.run_id
+        same_budget = all(earlier.data.params.get(f"budget.{k}") == str(cfg.budget[k]) for k in ("max_steps", "max_evals"))
+        from fpdsl.store import alive
+
+        if status == "FINISHED" and same_budget:
+            out["skip"] = run_id
+        elif status == "RUNNING" and alive(earlier.data.tags):
+            out["skip"] = run_id  # another launcher runs it now
+        elif status in ("KILLED", "FINISHED") or "fpdsl.crashed" in earlier.data.tags:
+            if _has_checkpoint(store.client, run_id):
+                out["resume"] = run_id
+    return out
+
+
+def _earlier_child(store, parent_id, config_hash):
+    try:
+        exp = store.client.get_run(parent_id).info.experiment_id
+        runs = store.client.search_runs(
+            [exp], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`fpdsl.config_hash` = '{config_hash}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+    except Exception:
+        return None
+    return runs[0] if runs else None
+
+
+def _has_checkpoint(client, run_id) -> bool:
+    try:
+        return any(a.path.endswith("last.pt") for a in client.list_artifacts(run_id, "checkpoint"))
+    except Exception:
+        return False
 
 
 def job_threads(config) -> int | None:
@@ -210,48 +361,25 @@ def jobs_at_once(hydra, total: int | None) -> int | None:
     return max(1, min(at_once, total)) if total else at_once
 
 
-def job_tags(tracker) -> dict[str, str]:
-    """Tags that make a job's run a child of its sweep's run; {} outside a sweep."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return {}
-    h = HydraConfig.get()
-    if h.mode != RunMode.MULTIRUN:
-        return {}
-    sweep_dir = os.path.abspath(str(h.sweep.dir))
-    parent = _parent_from_env(sweep_dir, tracker) or _parent_from_store(sweep_dir, tracker)
-    if parent is None:
-        return {}
-    tags = {
-        "mlflow.parentRunId": parent[0],
-        "fpdsl.sweep_id": parent[1],
-        "fpdsl.job": str(h.job.num),
-        "fpdsl.overrides": " ".join(h.overrides.task),
-    }
-    if "torch" in sys.modules:
-        tags["fpdsl.threads"] = str(sys.modules["torch"].get_num_threads())
-    return tags
-
-
-def _parent_from_env(sweep_dir, tracker):
+def _parent_from_env(sweep_dir, store):
     try:
         s = json.loads(os.environ.get(SWEEP_ENV) or "null")
     except ValueError:
         return None
-    if s and s["sweep_dir"] == sweep_dir and s["uri"] == tracker.uri and s["experiment_id"] == tracker.experiment_id:
+    if s and s["sweep_dir"] == sweep_dir and s["uri"] == store.uri:
         return s["parent_run_id"], s["sweep_id"]
     return None
 
 
-def _parent_from_store(sweep_dir, tracker):
+def _parent_from_store(sweep_dir, store):
     if "'" in sweep_dir:
         return None
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=f"tags.`fpdsl.sweep_dir` = '{sweep_dir}' and tags.`fpdsl.role` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    try:
+        exps = [e.experiment_id for e in store.client.search_experiments(max_results=50000)]
+        runs = store.client.search_runs(
+            exps, filter_string=f"tags.`fpdsl.sweep_dir` = '{sweep_dir}' and tags.`fpdsl.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+    except Exception:
+        return None
     return (runs[0].info.run_id, runs[0].data.tags.get("fpdsl.sweep_id", "")) if runs else None

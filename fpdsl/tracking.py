@@ -1,255 +1,245 @@
-"""MLflow behind a small buffered writer: metrics are batched and written with log_batch.
+"""One run's record in MLflow, written ahead to a local log (fpdsl.wal).
 
-Many jobs may write into one store at once (a joblib or submitit grid into the embedded
-SQLite file). SQLite lets one writer in at a time and answers "database is locked" at
-once, without waiting, when a reading transaction wants to write while another holds
-the write lock; every store call therefore retries those errors with backoff. The
-schema of a new SQLite store is created by one process at a time (a file lock), so
-jobs that start together do not race through MLflow's migrations.
+Every metric point, tag, param, artifact and the final status is first appended to the
+run's log (one write a step, a few µs), then sent to the store in batches by a thread
+beside training. A store that is slow, locked or down never holds training up; what it
+did not confirm stays in the log and is sent at the end of the run, on resume, by the
+next fpdsl start on the same store, or by `fpdsl sync`.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import os
-import random
-import tempfile
+import shutil
 import time
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
 
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_PER_BATCH = 100
+from fpdsl.wal import RunLog, Sender, describe, encode
 
-# SQLite's busy answers, directly or wrapped by MLflow (MlflowException) or its REST API,
-# and the migration race of a store that another process is creating this moment
-TRANSIENT = (
-    "database is locked",
-    "database table is locked",
-    "database schema is locked",
-    "database schema has changed",
-    "Online migration expected to match one row",
-)
-RETRY_SECONDS = 300.0  # give up on a store that stays locked this long
+TAG_VALUE_MAX = 7900
+PARAM_VALUE_MAX = 6000
 
 
-def default_artifact_location(uri: str, experiment: str) -> str | None:
-    """For the embedded SQLite store keep artifacts on disk beside the database file."""
-    db = sqlite_path(uri)
-    return (db.parent / "mlartifacts").as_uri() if db else None
-
-
-def sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :].split("?", 1)[0]).resolve()
-    return None
-
-
-def is_transient(e: BaseException) -> bool:
-    while e is not None:
-        if any(t in str(e) for t in TRANSIENT):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def retrying(fn, *args, deadline: float = RETRY_SECONDS, on_retry=None, **kwargs):
-    """fn(*args, **kwargs), again after a growing random pause while the store is busy."""
-    start, attempt = time.monotonic(), 0
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            if not is_transient(e) or time.monotonic() - start > deadline:
-                raise
-            attempt += 1
-            if on_retry is not None:
-                on_retry()
-            # full jitter keeps N waiting writers from waking together
-            time.sleep(random.uniform(0.5, 1.0) * min(2.0, 0.01 * 2**attempt))
-
-
-class RetryingClient:
-    """An MlflowClient whose every call retries while the store is busy."""
-
-    def __init__(self, client):
-        self._client = client
-        self.retries = 0
-
-    def _count(self):
-        self.retries += 1
-
-    def __getattr__(self, name):
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            return retrying(attr, *args, on_retry=self._count, **kwargs)
-
-        return call
-
-
-@contextmanager
-def store_init_lock(db: Path):
-    """Only one process on this machine creates a given SQLite store at a time."""
-    from filelock import FileLock
-
-    key = hashlib.md5(str(db).encode(), usedforsecurity=False).hexdigest()[:16]
-    with FileLock(os.path.join(tempfile.gettempdir(), f"fpdsl-store-{key}.lock"), timeout=RETRY_SECONDS):
-        yield
-
-
-def _has_schema(db: Path) -> bool:
-    """MLflow has created its tables in the file (alembic_version holds a row once migrations ran)."""
-    import sqlite3
-
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30) as con:
-            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
-    except sqlite3.Error:
-        return False
-
-
-def open_store(uri: str) -> RetryingClient:
-    """An MlflowClient on uri; a new SQLite store is created and migrated by one process alone."""
-    from mlflow.tracking import MlflowClient
-
-    db = sqlite_path(uri)
-    if db is not None:
-        with store_init_lock(db):  # whoever finds no schema creates it while the others wait
-            if not _has_schema(db):
-                retrying(MlflowClient, tracking_uri=uri)
-    return RetryingClient(retrying(MlflowClient, tracking_uri=uri))
-
-
-def experiment_id(client, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
-    except Exception:  # another job created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+class OwnedElsewhere(RuntimeError):
+    pass
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, flush_every: int = 2000):
+    def __init__(self, store, run_id: str, log: RunLog):
+        self.store = store
+        self.client = store.client
+        self.run_id = run_id
+        self.log = log
+        log.open_append()
+        self.sender = Sender(self.client, log, heartbeat=True)
+        self.sender.start()
+        self._lines: list[bytes] = []
+        self._records: list[list] = []
+        self.seconds = 0.0  # time spent in this object's calls on the training thread
+        self.figure_seconds = 0.0  # drawing figures
+        self.points = 0  # metric points logged
+
+    # -- a run's beginning -------------------------------------------------------------
+    @classmethod
+    def create(cls, store, experiment_id: str, run_name: str, tags: dict) -> "Tracker":
+        run = store.client.create_run(experiment_id, run_name=run_name, tags={k: _tag(v) for k, v in tags.items()})
+        log = store.run_log(run.info.run_id)
+        holder = log.acquire()
+        assert holder is None, holder  # a new run id: nobody else has it
+        return cls(store, run.info.run_id, log)
+
+    @classmethod
+    def reopen(cls, store, run_id: str, tags: dict) -> "Tracker":
+        """Take over an existing run (resume): refused while another live process owns it."""
+        from fpdsl.store import alive
+
+        log = store.run_log(run_id)
+        holder = log.acquire()
+        if holder is not None:
+            raise OwnedElsewhere(f"{holder} is recording it now")
+        run = store.client.get_run(run_id)
+        if run.info.status == "RUNNING" and alive(run.data.tags):
+            log.release()
+            t = run.data.tags
+            raise OwnedElsewhere(f"{t.get('fpdsl.host')} pid {t.get('fpdsl.pid')} is recording it now")
+        from fpdsl.wal import replay
+
+        replay(store.client, log, time.monotonic() + store.timeout)  # what an earlier attempt left
+        store.client.update_run(run_id, status="RUNNING")
+        tracker = cls(store, run_id, log)
+        tracker.set_tags(tags)
+        tracker.commit()
+        return tracker
+
+    # -- records -------------------------------------------------------------------------
+    def _add(self, record: list) -> None:
+        self._lines.append(encode(record))
+        self._records.append(record)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Points at this step; ±inf and NaN go to MLflow as NaN (MLflow would show ±inf as ±1.8e308)."""
         t = time.perf_counter()
-        self.uri = uri
-        self.experiment = experiment
-        self.client = open_store(uri)
-        self.experiment_id = experiment_id(self.client, experiment, uri)
-        self.flush_every = flush_every
-        self.run_id: str | None = None
-        self._buffer = []
-        self.open_seconds = time.perf_counter() - t  # importing MLflow, opening (or creating) the store
-        self.seconds = 0.0  # wall time spent logging: MLflow calls and the metric buffer
-        self.figure_seconds = 0.0  # drawing figures into PNG files
-
-    @property
-    def retries(self) -> int:
-        """Store calls repeated because the store was busy."""
-        return self.client.retries
-
-    # -- run lifecycle -----------------------------------------------------------
-    def start(self, run_name: str, tags: dict[str, str], parent: bool = True) -> str:
-        """A new run; inside a sweep it becomes a child of the sweep's run (see fpdsl.sweep)."""
-        t = time.perf_counter()
-        tags = dict(tags)
-        if parent:
-            from fpdsl.sweep import job_tags
-
-            sweep = job_tags(self)
-            if sweep:
-                run_name = f"{run_name}-j{sweep['fpdsl.job']}"
-            for k, v in sweep.items():
-                tags.setdefault(k, v)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        self.seconds += time.perf_counter() - t
-        return self.run_id
-
-    def end(self, status: str = "FINISHED") -> None:
-        """Flush, note the run's own cost of logging (tag `fpdsl.tracking_seconds`), and close the run.
-
-        A tag, not a metric: a run's metrics stay the same for the same config and seed."""
-        from mlflow.entities import RunTag
-
-        self.flush()
-        t = time.perf_counter()
-        self.client.log_batch(self.run_id, tags=[RunTag("fpdsl.tracking_seconds", f"{self.seconds:.4f}")])
-        self.client.set_terminated(self.run_id, status=status)
-        self.seconds += time.perf_counter() - t
-
-    # -- logging ---------------------------------------------------------------
-    def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        t = time.perf_counter()
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            v = float(v)
+            self._add(["m", k, v if math.isfinite(v) else math.nan, ts, int(step)])
+        self.points += len(metrics)
         self.seconds += time.perf_counter() - t
 
     def set_tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
+        for k, v in tags.items():
+            self._add(["t", k, _tag(v)])
 
-        t = time.perf_counter()
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        self.seconds += time.perf_counter() - t
+    def log_params(self, params: dict) -> None:
+        for k, v in params.items():
+            self._add(["p", k, str(v)[:PARAM_VALUE_MAX]])
 
-    def log_metrics(self, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
+    def log_input(self, name: str, digest: str, source: str, schema: str, profile: str) -> None:
+        self._add(["d", name, digest, "code", source, schema, profile])
 
-        t = time.perf_counter()
-        ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, _num(v), ts, step) for k, v in metrics.items())
-        self.seconds += time.perf_counter() - t
-        if len(self._buffer) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._buffer or self.run_id is None:
-            return
-        t = time.perf_counter()
-        buf, self._buffer = self._buffer, []
-        for i in range(0, len(buf), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=buf[i : i + MAX_METRICS_PER_BATCH])
-        self.seconds += time.perf_counter() - t
-
-    def log_figure(self, fig, name: str) -> None:
-        """Drawing the PNG is plotting's time (figure_seconds); storing it is logging's."""
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(name).name
-            fig.savefig(path)
-            drawn = time.perf_counter()
-            self.figure_seconds += drawn - t
-            self.client.log_artifact(self.run_id, str(path), str(Path(name).parent) if Path(name).parent.name else None)
-            self.seconds += time.perf_counter() - drawn
-
-    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        t = time.perf_counter()
+    def log_file(self, path: str | Path, artifact_dir: str | None = None, name: str | None = None) -> None:
+        """A copy of a local file as an artifact (staged in the log's folder until sent)."""
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-        self.seconds += time.perf_counter() - t
+        staged = self._staged(artifact_dir, name or path.name)
+        shutil.copyfile(path, staged)
+        self._add(["a", str(staged.relative_to(self.log.files)), artifact_dir])
+
+    def log_dir(self, folder: str | Path, artifact_dir: str) -> None:
+        for f in sorted(Path(folder).rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(folder).parent.as_posix()
+                self.log_file(f, artifact_dir if rel == "." else f"{artifact_dir}/{rel}")
+
+    def staged_path(self, artifact_dir: str | None, name: str) -> Path:
+        """A path to write an artifact into; `add_staged` then logs it."""
+        return self._staged(artifact_dir, name)
+
+    def add_staged(self, path: Path, artifact_dir: str | None) -> None:
+        self._add(["a", str(Path(path).relative_to(self.log.files)), artifact_dir])
+
+    def _staged(self, artifact_dir, name) -> Path:
+        # a unique folder per staged file: two artifacts of one name never overwrite each other
+        sub = f"{len(self._records)}-{uuid.uuid4().hex[:6]}"
+        return self.log.stage(f"{sub}/{name}")
 
     def log_text(self, text: str, name: str) -> None:
+        p = Path(name)
+        staged = self._staged(p.parent.as_posix() if p.parent.name else None, p.name)
+        staged.write_text(text)
+        self.add_staged(staged, p.parent.as_posix() if p.parent.name else None)
+
+    def log_figure(self, fig, name: str, formats=("png",), dpi: int = 100) -> None:
+        """A matplotlib Figure as name.<format> for each format (png, pdf, svg)."""
         t = time.perf_counter()
-        self.client.log_text(self.run_id, text, name)
+        p = Path(name)
+        folder = p.parent.as_posix() if p.parent.name else None
+        for fmt in formats:
+            staged = self._staged(folder, f"{p.stem}.{fmt}")
+            fig.savefig(staged, dpi=dpi)
+            self.add_staged(staged, folder)
+        self.figure_seconds += time.perf_counter() - t
+
+    def log_image(self, key: str, step: int, image) -> None:
+        """A step-indexed image (MLflow's image chart, `mlflow.log_image(key=..., step=...)`),
+        written under the names MLflow gives them; a replay rewrites the same files."""
+        from mlflow.tracking.multimedia import compress_image_size  # MLflow's own thumbnail
+        from PIL import Image
+
+        t = time.perf_counter()
+        img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        ts = int(time.time() * 1000)
+        stem = f"{key.replace('/', '~')}+step+{int(step)}+timestamp+{ts}+" + str(
+            uuid.UUID(hashlib.md5(f"{self.run_id}/{key}/{step}".encode()).hexdigest()))
+        full = self._staged("images", stem + ".png")
+        img.save(full)
+        self.add_staged(full, "images")
+        small = self._staged("images", stem + "+compressed.webp")
+        compress_image_size(img).save(small)
+        self.add_staged(small, "images")
+        self._add(["t", "mlflow.loggedImages", "True"])
+        self.figure_seconds += time.perf_counter() - t
+
+    # -- writing -------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Append what was added since the last call to the log (one write), and hand it to
+        the sender. Called once a step by the recorder."""
+        if not self._lines:
+            return
+        t = time.perf_counter()
+        start = self.log.size
+        data = b"".join(self._lines)
+        self.log.append(data)
+        items, pos = [], start
+        for line, rec in zip(self._lines, self._records):
+            pos += len(line)
+            items.append((pos, rec))
+        self._lines, self._records = [], []
+        self.sender.push(items)
         self.seconds += time.perf_counter() - t
 
+    def flush(self, timeout: float | None) -> bool:
+        """Everything committed confirmed by the store (False: timed out or a permanent error)."""
+        self.commit()
+        t = time.perf_counter()
+        ok = self.sender.flush(timeout)
+        self.seconds += time.perf_counter() - t
+        return ok
 
-def _num(v) -> float:
-    v = float(v)
-    # MLflow stores ±inf as ±max float; keep that explicit so every backend agrees
-    return math.copysign(1.7976931348623157e308, v) if math.isinf(v) else v
+    @property
+    def error(self) -> BaseException | None:
+        return self.sender.error
+
+    def close(self, status: str, timeout: float) -> tuple[bool, str | None]:
+        """The final status, once everything before it is confirmed.
+
+        Returns (confirmed, trouble): confirmed when the store has the whole record and the
+        status; otherwise trouble says why, and the log keeps the rest for a later replay."""
+        trouble = None
+        ok = self.flush(timeout)
+        if not ok and self.error is not None:
+            # a write the store refused (a full disk, a bad value): the run cannot be FINISHED
+            trouble = f"the store refused a write: {describe(self.error)}"
+            status = "FAILED" if status == "FINISHED" else status
+            self._direct_status(status, trouble)
+        self._add(["s", status, int(time.time() * 1000)])
+        if ok:
+            ok = self.flush(timeout)
+        self.sender.stop()
+        if ok:
+            self.log.remove()
+        else:
+            if trouble is None:
+                trouble = (f"the store did not confirm the record within {timeout:g} s"
+                           f"{' (' + self.sender.last_failure + ')' if self.sender.last_failure else ''}")
+            self.log.release()
+        return ok, trouble
+
+    def _direct_status(self, status: str, why: str) -> None:
+        """Around a blocked log: the error tag and the status straight to the store (and to the
+        log, so a later replay agrees)."""
+        from mlflow.entities import RunTag
+
+        self._add(["t", "fpdsl.error", _tag(why)])
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag("fpdsl.error", _tag(why))])
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception:
+            pass
+
+    def abort(self, status: str, why: str) -> None:
+        """A forced stop (a third Ctrl-C): the status goes to the log only; the next start sends it."""
+        self._add(["t", "fpdsl.stopped", _tag(why)])
+        self._add(["s", status, int(time.time() * 1000)])
+        try:
+            self.log.append(b"".join(self._lines))
+        except Exception:
+            pass
+
+    @property
+    def retries(self) -> int:
+        return self.client.retries
+
+
+def _tag(v) -> str:
+    return str(v)[:TAG_VALUE_MAX]

@@ -59,7 +59,8 @@ def test_max_evals_stops_the_run(cli, tmp_path):
 
 
 def test_step_metrics_every_n_steps_and_the_last_with_every_step_in_the_history(cli, tmp_path):
-    cli(*[o for o in TINY if not o.startswith(("tracking.every", "budget.max_steps"))], "budget.max_steps=25", "tracking.every=10")
+    cli(*[o for o in TINY if not o.startswith(("tracking.every", "budget.max_steps"))], "budget.max_steps=25", "tracking.every=10",
+        "tracking.per_decade=null")
     client, (run,) = mlflow_runs(tmp_path)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 10, 20, 25]
     hist = np.load(io.BytesIO(Path(client.download_artifacts(run.info.run_id, "probe_history.npz")).read_bytes()))

@@ -76,17 +76,20 @@ def test_submitit_local_grid_records_every_job(tmp_path):
 STRESS = textwrap.dedent("""
     import sys, time
     from pathlib import Path
+    from fpdsl.store import Store
     from fpdsl.tracking import Tracker
     uri, job, jobs, flushes, per_flush, barrier = sys.argv[1], *map(int, sys.argv[2:6]), Path(sys.argv[6])
     (barrier / str(job)).touch()
     while len(list(barrier.iterdir())) < jobs:  # every writer opens the new store at the same moment
         time.sleep(0.01)
-    t = Tracker(uri, "stress", flush_every=per_flush)
-    t.start(f"writer-{job}", {"job": str(job)})
+    store = Store(uri)
+    t = Tracker.create(store, store.experiment_id("stress"), f"writer-{job}", {"job": str(job)})
     for step in range(flushes):
         t.log_metrics({f"m{i}": job * 1e6 + step * 1e3 + i for i in range(per_flush)}, step)
+        t.commit()
+        t.flush(None)  # one store write a step, as many as the writers can make
     t.set_tags({"done": "yes"})
-    t.end()
+    assert t.close("FINISHED", 300)[0]
     print("retries", t.retries)
 """)
 

@@ -15,6 +15,8 @@ from fpdsl.errors import ConfigError
 
 
 class NevergradOptimizer:
+    family = "nevergrad"
+
     def __init__(
         self,
         name: str = "PSO",

@@ -130,6 +130,8 @@ class PSO:
     Velocities start at zero; max_velocity clamps each component of v.
     """
 
+    family = "population"
+
     def __init__(
         self,
         popsize: Annotated[int, Field(ge=2)] = 50,
@@ -206,6 +208,8 @@ class DE:
     """
 
     STRATEGIES = ("best1", "rand1", "current_to_best1")  # the kernel's strategy codes 0, 1, 2
+
+    family = "population"
 
     def __init__(
         self,
@@ -303,6 +307,8 @@ class SNES:
     the usual rank utilities u_k. μ starts at θ0, σ at init_spread; lr_sigma null is
     (3 + ln P) / (5 √P). mirrored: sample ±s pairs (halves the variance of the mean's step).
     """
+
+    family = "population"
 
     def __init__(
         self,

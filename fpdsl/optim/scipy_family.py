@@ -30,11 +30,59 @@ DENSE_BFGS_WARN = 130
 _EVAL_OPTION = {"powell": "maxfev", "nelder-mead": "maxfev", "l-bfgs-b": "maxfun", "tnc": "maxfun"}
 
 
+# methods that need a Hessian (or Hessian-vector products), which fpdsl does not give
+NEEDS_HESSIAN = {"dogleg", "trust-ncg", "trust-exact", "trust-krylov"}
+# options whose type scipy's defaults do not tell (None by default)
+INT_OPTIONS = {"maxiter", "maxfev", "maxfun", "maxcor", "maxls", "maxCGit", "iprint"}
+FLOAT_OPTIONS = {"gtol", "ftol", "xtol", "xatol", "fatol", "eps", "tol", "xrtol", "norm", "rhobeg", "catol"}
+
+
 class _OutOfEvals(Exception):
     pass
 
 
+def check_method(method: str, options: dict) -> None:
+    """The method is one of scipy.optimize.minimize's and usable without a Hessian; every
+    option is one the method takes, with a value of its type (before the run, naming the key)."""
+    import inspect
+
+    from scipy.optimize import _minimize
+
+    from fpdsl.errors import ConfigError
+
+    known = {m.lower(): m for m in _minimize.MINIMIZE_METHODS} if hasattr(_minimize, "MINIMIZE_METHODS") else {}
+    m = method.lower()
+    if known and m not in known:
+        raise ConfigError(f"optimizer.method: {method!r} is not a scipy.optimize.minimize method; "
+                          f"use one of {', '.join(sorted(known.values()))}")
+    if m in NEEDS_HESSIAN:
+        raise ConfigError(f"optimizer.method: {method} needs the Hessian, which fpdsl does not provide; "
+                          "use L-BFGS-B, BFGS, CG, Newton-CG or a derivative-free method")
+    fn = getattr(_minimize, "_minimize_" + {"nelder-mead": "neldermead", "l-bfgs-b": "lbfgsb", "newton-cg": "newtoncg",
+                                            "trust-constr": "trustregion_constr"}.get(m, m.replace("-", "_")), None)
+    if fn is None:
+        return
+    sig = inspect.signature(fn).parameters
+    taken = {k: p.default for k, p in sig.items() if p.kind == p.POSITIONAL_OR_KEYWORD and k not in (
+        "fun", "func", "x0", "args", "jac", "hess", "hessp", "callback", "bounds", "constraints")}
+    for key, value in options.items():
+        if key not in taken:
+            raise ConfigError(f"optimizer.options.{key}: {method} takes no option {key!r}; it takes "
+                              f"{', '.join(sorted(taken))}")
+        default = taken[key]
+        want = "int" if key in INT_OPTIONS or (type(default) is int) else "float" if key in FLOAT_OPTIONS or (
+            type(default) is float) else "bool" if type(default) is bool else None
+        bad = (want == "int" and (isinstance(value, bool) or not isinstance(value, int))) or (
+            want == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)))) or (
+            want == "bool" and not isinstance(value, bool))
+        if bad or (want in ("int", "float") and not value >= 0) or (key in INT_OPTIONS - {"iprint"} and value == 0):
+            kind = {"int": "a positive integer", "float": "a number ≥ 0", "bool": "true or false"}[want]
+            raise ConfigError(f"optimizer.options.{key}: must be {kind} (got {value!r})")
+
+
 class ScipyOptimizer:
+    family = "scipy"
+
     def __init__(
         self,
         method: str = "L-BFGS-B",
@@ -44,9 +92,11 @@ class ScipyOptimizer:
         blas_threads: Optional[Annotated[int, Field(ge=1)]] = 1,
         dtype: Literal["float32", "float64"] = "float64",
     ):
+        check_method(method, dict(options or {}))
         self.method = method
         self.jac = jac
         self.options = dict(options or {})
+        self.stop_reason = None  # scipy's message, status and iterations when it ended on its own
         self.torch_threads = torch_threads  # None: the run's setting (`threads`, or torch's default)
         self.blas_threads = blas_threads  # None: leave OpenBLAS as it is
         self.dtype = dtype
@@ -75,7 +125,7 @@ class ScipyOptimizer:
 
         def fun(x):
             nonlocal inside
-            if budget.max_evals and objective.n_evals - first_eval >= budget.max_evals:
+            if budget.max_evals and objective.n_evals - first_eval >= budget.max_evals or budget.stop():
                 raise _OutOfEvals
             t = time.perf_counter()
             out = raw(x)
@@ -86,18 +136,23 @@ class ScipyOptimizer:
             return out
 
         step = 0
+        stopped = False
 
         def callback(intermediate_result):
-            nonlocal step
+            nonlocal step, stopped
             step += 1
             x = torch.from_numpy(np.ascontiguousarray(intermediate_result.x)).to(objective.device)
             if on_step(step, x, objective.n_evals, float(intermediate_result.fun)):
+                stopped = True
                 raise StopIteration
 
         with _threads(self.torch_threads, self.blas_threads):
             try:
                 res = minimize(fun, best["x"].copy(), jac=self.jac, method=self.method, callback=callback, options=options)
                 x = res.x
+                if not stopped:  # scipy ended the run itself (converged, line search failed, its own cap)
+                    self.stop_reason = {"message": str(res.message), "status": str(res.status),
+                                        "iterations": str(getattr(res, "nit", step)), "success": str(bool(res.success))}
             except _OutOfEvals:
                 x = best["x"]
             finally:

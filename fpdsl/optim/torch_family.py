@@ -9,6 +9,8 @@ from fpdsl.errors import ConfigError
 
 
 class TorchOptimizer:
+    family = "torch"
+
     def __init__(self, optimizer: Any, dtype: Literal["float32", "float64"] = "float32"):
         self.make = optimizer  # functools.partial(torch.optim.X, lr=...) from Hydra's _partial_
         self.dtype = dtype

@@ -26,6 +26,7 @@ class ProbeResult:
     tags: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     arrays: dict = field(default_factory=dict)
+    line: str = ""  # one line for the run's closing summary
 
 
 class StepView:

@@ -87,7 +87,7 @@ class Condensation:
         self.last = (u, a)
         return {"n_orientations": float(n), "max_cluster_share": share}
 
-    def finish(self):
+    def finish(self, title: str = ""):
         from fpdsl.figures import cosine_panels, orientation_scatter
         from fpdsl.probes import ProbeResult
 

@@ -82,7 +82,7 @@ class Filtering:
         verdicts = [p[2] for p in per]
         return conv_low, conv_high, scores, verdicts, spectral.combine_orders(scores, verdicts)
 
-    def finish(self):
+    def finish(self, title: str = ""):
         from fpdsl.figures import heatmap_panels
         from fpdsl.probes import ProbeResult
 
@@ -115,4 +115,4 @@ class Filtering:
             "converge_step_high": conv_high,
         }
         tags = {"fp_verdict": verdict, "fp_verdicts": ", ".join(f"{k}: {v}" for k, v in zip(self.labels, verdicts))}
-        return ProbeResult(metrics=metrics, tags=tags, figures=figures, arrays=arrays)
+        return ProbeResult(line=f"F-Principle {verdict} (order {score:+.2f})", metrics=metrics, tags=tags, figures=figures, arrays=arrays)

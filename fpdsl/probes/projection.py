@@ -73,7 +73,7 @@ class Projection:
         conv = spectral.converge_steps(np.asarray(self.steps), np.asarray(self.deltas), self.eps)
         return (conv, *spectral.fp_order(self.freqs[self.ks], conv))
 
-    def finish(self):
+    def finish(self, title: str = ""):
         from fpdsl.figures import heatmap
         from fpdsl.probes import ProbeResult
 
@@ -100,4 +100,4 @@ class Projection:
             "converge_step": conv,
         }
         tags = {"fp_verdict": verdict, "delta_variant": self.variant}
-        return ProbeResult(metrics=metrics, tags=tags, figures={"heatmap": fig}, arrays=arrays)
+        return ProbeResult(line=f"F-Principle {verdict} (order {score:+.2f})", metrics=metrics, tags=tags, figures={"heatmap": fig}, arrays=arrays)

@@ -57,7 +57,7 @@ class SpectralAmplitude:
         conv = spectral.converge_steps(np.asarray(self.steps), np.abs(values - 1.0), self.eps)
         return (conv, *spectral.fp_order(np.abs(self.omegas), conv))
 
-    def finish(self):
+    def finish(self, title: str = ""):
         from fpdsl.figures import heatmap
         from fpdsl.probes import ProbeResult
 
@@ -83,4 +83,4 @@ class SpectralAmplitude:
             "amplitude": np.asarray(self.values),
             "converge_step": conv,
         }
-        return ProbeResult(metrics=metrics, tags={"fp_verdict": verdict}, figures={"heatmap": fig}, arrays=arrays)
+        return ProbeResult(line=f"F-Principle {verdict} (order {score:+.2f})", metrics=metrics, tags={"fp_verdict": verdict}, figures={"heatmap": fig}, arrays=arrays)

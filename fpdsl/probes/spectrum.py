@@ -57,7 +57,7 @@ class Spectrum:
         score, holds, verdict = spectral.fp_order(self.ks, conv)
         return conv, score, holds, verdict
 
-    def finish(self):
+    def finish(self, title: str = ""):
         from fpdsl.figures import heatmap
         from fpdsl.probes import ProbeResult
 
@@ -79,4 +79,4 @@ class Spectrum:
             "converge_step": conv,
         }
         tags = {"fp_verdict": verdict, "delta_variant": self.variant}
-        return ProbeResult(metrics=metrics, tags=tags, figures={"heatmap": fig}, arrays=arrays)
+        return ProbeResult(line=f"F-Principle {verdict} (order {score:+.2f})", metrics=metrics, tags=tags, figures={"heatmap": fig}, arrays=arrays)

@@ -1,0 +1,40 @@
+"""When something happens during a run: every N steps, and/or K log-spaced steps a decade.
+
+Log-spaced steps are s = round(10^(i/K)) − 1 for i = 0, 1, 2, … (on the step + 1 axis
+the heat maps use), so the first decade of training is resolved as finely as later ones:
+with K = 10 the steps 0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 31, 39, 49, 62, 78, 99, ….
+"""
+from __future__ import annotations
+
+import math
+
+
+class Cadence:
+    def __init__(self, every: int | None = None, per_decade: int | None = None):
+        self.every = every
+        self.per_decade = per_decade
+
+    def __call__(self, step: int) -> bool:
+        if step == 0 or (self.every and step % self.every == 0):
+            return True
+        return bool(self.per_decade) and is_log_step(step, self.per_decade)
+
+    def __repr__(self):
+        return f"Cadence(every={self.every}, per_decade={self.per_decade})"
+
+
+def is_log_step(step: int, per_decade: int) -> bool:
+    i = int(per_decade * math.log10(step + 1))
+    return any(round(10 ** (j / per_decade)) - 1 == step for j in (i - 1, i, i + 1, i + 2))
+
+
+def log_steps(last: int, per_decade: int) -> list[int]:
+    """The log-spaced steps up to last."""
+    out, i = [], 0
+    while True:
+        s = round(10 ** (i / per_decade)) - 1
+        if s > last:
+            return out
+        if not out or s != out[-1]:
+            out.append(s)
+        i += 1
