@@ -29,13 +29,16 @@ ui: $(STAMP)             ## MLflow UI on the default store, http://127.0.0.1:500
 report: $(STAMP)         ## comparison report from the default store: reports/<time>/report.md (+ a summary run)
 	$(PY) -m fpdsl.report $(ARGS)
 
-# every seed experiment, two jobs at a time, then the report; one sweep (parent run) per group
+# every seed experiment over SEEDS seeds, then the report (and the README's table); one sweep (parent run) per group
 GROUPS := fprinciple highdim spectral_bias remove_bias condensation
-reproduce: $(STAMP)      ## every seed experiment (conf/experiment/), then reports/reproduce/report.md
+SEEDS ?= 5
+LAUNCHER ?= joblib
+reproduce: $(STAMP)      ## every seed experiment (conf/experiment/) over 5 seeds, then reports/reproduce/report.md and the README table
 	for g in $(GROUPS); do \
-	  $(PY) -m fpdsl -m hydra/launcher=joblib "+experiment=glob($${g}_*)" tracking.experiment=$$g $(ARGS) || exit 1; \
+	  $(PY) -m fpdsl -m hydra/launcher=$(LAUNCHER) "experiment=glob($${g}_*)" "seed=range($(SEEDS))" \
+	    tracking.experiment=$$g hydra.sweep.dir=multirun/reproduce/$$g $(ARGS) || exit 1; \
 	done
-	$(PY) -m fpdsl.report $(foreach g,$(GROUPS),-e $(g)) --out reports/reproduce
+	$(PY) -m fpdsl.report $(foreach g,$(GROUPS),-e $(g)) --out reports/reproduce --readme README.md
 
 clean:
 	rm -rf outputs multirun .pytest_cache

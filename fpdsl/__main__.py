@@ -18,7 +18,7 @@ from fpdsl import interrupt
 from fpdsl.errors import ConfigError
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://fpdsl.conf", config_name="config")
 def main(cfg: DictConfig) -> str:
     from fpdsl.runner import Diverged, RunFailed, run
 

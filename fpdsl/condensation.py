@@ -1,9 +1,18 @@
-"""Measures of condensation at initial training (SCIENCE.md §2), as plain functions.
+"""Measures of condensation at initial training (docs/science.md, "Condensation").
 
 Features are the rows of U (m, d+1): u_k = (w_k, b_k), the input weights of hidden
-neuron k with its bias.
+neuron k with its bias. An orientation is a cluster of unit features found by average
+linkage on the distance 1 − cos, cut at 1 − threshold: a cluster holds neurons whose
+cosine similarity is, on average, at least threshold, and one orientation is never split
+into sub-clusters of near-identical directions (complete linkage did that). u and −u
+(distance 2) are different orientations. Only neurons whose feature has grown from its
+initial value are counted (grown: ‖u_k − u_k(0)‖ ≥ min_growth · ‖u_k(0)‖), and every count
+is compared with the count of as many random unit vectors in the same dimension.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -20,13 +29,10 @@ def cosine_similarity(features: np.ndarray) -> np.ndarray:
 
 
 def orientation_clusters(similarity: np.ndarray, threshold: float = 0.95) -> np.ndarray:
-    """Cluster label per neuron: complete-linkage clustering on 1 − D cut at 1 − threshold,
-    so every two neurons of one cluster have cosine similarity ≥ threshold. u and −u
-    (similarity −1) are never in one cluster."""
+    """Cluster label per neuron (average linkage on 1 − D, cut at 1 − threshold)."""
     from scipy.cluster.hierarchy import fcluster
 
-    m = similarity.shape[0]
-    if m == 1:
+    if similarity.shape[0] == 1:
         return np.ones(1, dtype=int)
     return fcluster(_linkage(similarity), t=1.0 - threshold, criterion="distance")
 
@@ -37,17 +43,59 @@ def cluster_sizes(similarity: np.ndarray, threshold: float = 0.95) -> np.ndarray
     return np.sort(sizes[sizes > 0])[::-1]
 
 
+def condensed_sizes(sizes: np.ndarray, min_fraction: float = 0.05) -> np.ndarray:
+    """The clusters that count as orientations: ≥ 2 neurons and ≥ min_fraction of them all."""
+    return sizes[sizes >= max(2.0, min_fraction * np.sum(sizes))]
+
+
 def count_orientations(similarity: np.ndarray, threshold: float = 0.95, min_fraction: float = 0.05) -> int:
-    """Number of condensed orientations: clusters (every pair within has cosine ≥ threshold)
-    of at least 2 neurons and at least min_fraction of all neurons. A neuron aligned with
-    no other is not an orientation, so unaligned features (e.g. at a random init in
-    several dimensions) count 0."""
-    return condensed_count(cluster_sizes(similarity, threshold), min_fraction)
+    """Number of condensed orientations among these neurons (a neuron aligned with no other
+    is not an orientation, so unaligned features count 0)."""
+    return int(condensed_sizes(cluster_sizes(similarity, threshold), min_fraction).size)
 
 
-def condensed_count(sizes: np.ndarray, min_fraction: float = 0.05) -> int:
-    """How many of these cluster sizes hold ≥ 2 neurons and ≥ min_fraction of all of them."""
-    return int(np.sum(sizes >= max(2.0, min_fraction * np.sum(sizes))))
+@dataclass
+class Orientations:
+    n: int  # condensed orientations among the grown neurons
+    coverage: float  # fraction of the grown neurons inside them
+    n_grown: int
+    grown: np.ndarray  # (m,) bool
+    largest_share: float  # the largest orientation's share of the grown neurons
+
+
+def orientations(features, initial, threshold=0.95, min_fraction=0.05, min_growth=1.0) -> Orientations:
+    u, u0 = np.asarray(features, dtype=float), np.asarray(initial, dtype=float)
+    grown = np.linalg.norm(u - u0, axis=1) >= min_growth * np.linalg.norm(u0, axis=1)
+    g = int(grown.sum())
+    if g < 2:
+        return Orientations(0, 0.0, g, grown, 0.0)
+    sizes = cluster_sizes(cosine_similarity(u[grown]), threshold)
+    kept = condensed_sizes(sizes, min_fraction)
+    return Orientations(int(kept.size), float(kept.sum() / g), g, grown, float(sizes[0] / g))
+
+
+@lru_cache(maxsize=64)
+def random_baseline(m: int, dim: int, threshold: float = 0.95, min_fraction: float = 0.05, draws: int = 20):
+    """(mean count, mean coverage) of m random unit vectors in dim dimensions (uniform on the
+    sphere), over draws with a fixed seed: what the rule reports when nothing condensed."""
+    if m < 2:
+        return 0.0, 0.0
+    rng = np.random.default_rng(12345)
+    counts, covers = [], []
+    for _ in range(draws):
+        sizes = cluster_sizes(cosine_similarity(rng.standard_normal((m, dim))), threshold)
+        kept = condensed_sizes(sizes, min_fraction)
+        counts.append(kept.size)
+        covers.append(kept.sum() / m)
+    return float(np.mean(counts)), float(np.mean(covers))
+
+
+def is_condensed(o: Orientations, baseline: tuple[float, float], min_coverage: float = 0.5) -> bool:
+    """Condensed: the orientations hold at least min_coverage of the grown neurons, and they
+    are fewer than half of what random vectors give (or random vectors give no orientations
+    covering that many)."""
+    n_rand, cover_rand = baseline
+    return o.n_grown >= 2 and o.n >= 1 and o.coverage >= min_coverage and (cover_rand < min_coverage or o.n <= n_rand / 2)
 
 
 def block_order(similarity: np.ndarray) -> np.ndarray:
@@ -66,7 +114,7 @@ def _linkage(similarity: np.ndarray):
     dist = np.clip(1.0 - similarity, 0.0, 2.0)
     dist = 0.5 * (dist + dist.T)
     np.fill_diagonal(dist, 0.0)
-    return linkage(squareform(dist, checks=False), method="complete")
+    return linkage(squareform(dist, checks=False), method="average")
 
 
 def orientation_amplitude(w: np.ndarray, b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

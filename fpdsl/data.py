@@ -91,9 +91,9 @@ class Rahaman:
         self.angular_frequencies = 2 * np.pi * k
 
 
-class Condense5D:
-    """f(x) = Σ_{k=1}^{d} A sin(ω x_k + φ) at n points x ~ U[low, high]^d (Zhou et al. 2021:
-    d = 5, A = 3.5, ω = 5, φ = 1, 80 points on [−4, 2]^5)."""
+class SineSum:
+    """f(x) = Σ_{k=1}^{d} A sin(ω x_k + φ) at n points x ~ U[low, high]^d, drawn with `seed`
+    (Zhou et al. 2021: d = 5, A = 3.5, ω = 5, φ = 1, 80 points on [−4, 2]^5; condense1d: d = 1)."""
 
     def __init__(
         self,

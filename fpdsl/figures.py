@@ -31,8 +31,9 @@ def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cm
     Axes placed at fixed margins (in inches): every run draws one, and matplotlib's
     constrained layout would double the drawing time (~0.16 s against ~0.08 s here).
     """
-    w, h = 7.0, 0.5 * len(row_labels) + 2.2
-    left, right, bottom, top, bar, gap = 0.85, 1.0, 0.55, 0.4, 0.15, 0.15
+    lines = title.count("\n") + 1
+    w, h = 7.0, 0.5 * len(row_labels) + 1.95 + 0.25 * lines
+    left, right, bottom, top, bar, gap = 0.85, 1.0, 0.55, 0.15 + 0.25 * lines, 0.15, 0.15
     fig = Figure(figsize=(w, h))
     ax = fig.add_axes((left / w, bottom / h, 1 - (left + right) / w, 1 - (bottom + top) / h))
     cax = fig.add_axes((1 - (right - gap) / w, bottom / h, bar / w, 1 - (bottom + top) / h))
@@ -86,3 +87,31 @@ def orientation_scatter(points: dict, title=""):
     ax.set_title(title)
     ax.legend(fontsize="small")
     return fig
+
+
+def heatmap_image(steps, values, vmin, vmax, cmap="RdBu_r", width=256, row_px=12) -> np.ndarray | None:
+    """The heat map so far as an RGB array (uint8, rows: first value at the bottom), columns on
+    the log step + 1 axis: a picture for MLflow's image chart, made without drawing a figure."""
+    from matplotlib import colormaps
+
+    steps = np.asarray(steps, dtype=float)
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2 or len(steps) == 0:
+        return None
+    lo, hi = np.log10(steps[0] + 1), np.log10(max(steps[-1], steps[0] + 1) + 1)
+    cols = np.searchsorted(np.log10(steps + 1), np.linspace(lo, hi, width), side="right") - 1
+    grid = (np.clip(v[np.clip(cols, 0, len(steps) - 1)], vmin, vmax) - vmin) / (vmax - vmin)  # (width, K)
+    rgb = colormaps[cmap](grid.T[::-1])[..., :3]  # (K, width, 3), first row at the bottom
+    return (np.repeat(rgb, row_px, axis=0) * 255).astype(np.uint8)
+
+
+def similarity_image(similarity: np.ndarray, px: int = 4) -> np.ndarray:
+    """A cosine-similarity matrix in dendrogram order as an RGB array (−1 blue, +1 red)."""
+    from matplotlib import colormaps
+
+    from fpdsl.condensation import block_order
+
+    order = block_order(similarity)
+    grid = (np.clip(similarity[np.ix_(order, order)], -1, 1) + 1) / 2
+    rgb = colormaps["RdBu_r"](grid)[..., :3]
+    return (np.repeat(np.repeat(rgb, px, axis=0), px, axis=1) * 255).astype(np.uint8)

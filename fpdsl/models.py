@@ -53,6 +53,13 @@ class MLP(nn.Sequential):
     init_std: every weight and bias ~ N(0, init_std²); init_gamma: std = width^(-γ)
     (the condensation regime; std, not variance, as in the authors' code). Neither:
     PyTorch's default (uniform ±1/√fan_in).
+
+    localized: [low, high] of a 1-D input's domain: the first layer's units start as the
+    interior basis of the finite-element space on width + 1 equal cells of that interval,
+    unit k as σ((x − x_k)/h) with h = (high − low)/(width + 1) and x_k = low + k h, so a hat
+    unit's support [x_k, x_k + 2h] lies inside the domain and a ReLU unit has its kink
+    there. With PyTorch's default initialisation on a domain like [0, 1) the first-layer
+    hats are wider than the data, and the network is a ReLU network there (docs/science.md).
     """
 
     def __init__(
@@ -63,11 +70,19 @@ class MLP(nn.Sequential):
         depth: Annotated[int, Field(ge=1)] = 1,
         activation: Activation = "tanh",
         init_std: Optional[Annotated[float, Field(gt=0)]] = None,
-        init_gamma: Optional[float] = None,
+        init_gamma: Optional[Annotated[float, Field(ge=0, le=20)]] = None,
         bias: bool = True,
+        localized: Optional[Annotated[list[float], Field(min_length=2, max_length=2)]] = None,
     ):
         if init_std is not None and init_gamma is not None:
             raise ConfigError("model.init_std and model.init_gamma both set; keep one (or neither for PyTorch's default)")
+        if localized is not None:
+            if in_dim != 1:
+                raise ConfigError(f"model.localized: needs 1-D inputs, the data have {in_dim}; remove it")
+            if not localized[1] > localized[0]:
+                raise ConfigError(f"model.localized: [low, high] with high > low, got {list(localized)}")
+            if not bias:
+                raise ConfigError("model.localized: needs the first layer's bias; set model.bias=true")
         layers, d = [], in_dim
         for _ in range(depth):
             layers += [nn.Linear(d, width, bias=bias), Act(activation)]
@@ -75,6 +90,12 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(d, out_dim, bias=bias))
         super().__init__(*layers)
         _normal_init(self, _init_std(init_std, init_gamma, width))
+        if localized is not None:
+            low, high = map(float, localized)
+            h = (high - low) / (width + 1)
+            with torch.no_grad():
+                self[0].weight.fill_(1.0 / h)
+                self[0].bias.copy_(-(low + h * torch.arange(width, dtype=self[0].bias.dtype)) / h)
 
 
 def _init_std(init_std, init_gamma, width):
@@ -120,7 +141,7 @@ class FourierFeatures(nn.Sequential):
         depth: Annotated[int, Field(ge=1)] = 3,
         activation: Activation = "relu",
         init_std: Optional[Annotated[float, Field(gt=0)]] = None,
-        init_gamma: Optional[float] = None,
+        init_gamma: Optional[Annotated[float, Field(ge=0, le=20)]] = None,
         bias: bool = True,
     ):
         fmap = FourierMap(in_dim, n_features, sigma)  # drawn first: B depends on the seed alone
@@ -183,7 +204,7 @@ class MScale(nn.Sequential):
         scales: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = (1, 2, 4, 8, 16, 32),
         activation: Activation = "srelu",
         init_std: Optional[Annotated[float, Field(gt=0)]] = None,
-        init_gamma: Optional[float] = None,
+        init_gamma: Optional[Annotated[float, Field(ge=0, le=20)]] = None,
         bias: bool = True,
     ):
         if width < len(scales):
@@ -213,7 +234,7 @@ class TwoLayer(nn.Sequential):
         out_dim: int,
         width: Annotated[int, Field(ge=1)] = 50,
         activation: Activation = "tanh",
-        init_gamma: Optional[float] = 4.0,
+        init_gamma: Optional[Annotated[float, Field(ge=0, le=20)]] = 4.0,
         init_std: Optional[Annotated[float, Field(gt=0)]] = None,
     ):
         super().__init__(nn.Linear(in_dim, width), Act(activation), nn.Linear(width, out_dim, bias=False))

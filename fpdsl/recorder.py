@@ -221,7 +221,8 @@ class Recorder:
                     self.sent[name] = step
                     self._log(values, step, n_evals)
             if self.trace["step"]:
-                t.log_metrics({"final_loss": self.loss, "train_seconds": train_seconds,
+                drop = (self.loss0 - self.loss) / abs(self.loss0) if self.loss0 else math.nan
+                t.log_metrics({"final_loss": self.loss, "loss_drop": drop, "train_seconds": train_seconds,
                                "evals_per_second": self.n_evals / train_seconds if train_seconds > 0 else math.nan,
                                "steps": self.step, "final_n_evals": self.n_evals}, self.step)
             stop = getattr(self.parts.optimizer, "stop_reason", None)

@@ -213,6 +213,8 @@ def start_run(store, cfg, parts: Parts, job_tags: dict):
         stem += f"-j{job_tags['fpdsl.job']}"
     tags = {f"fpdsl.{g}": str(v) for g, v in choices.items()} | {"fpdsl.overrides": _overrides()}
     tags |= provenance.tags() | owner_tags() | {"fpdsl.config_hash": config_hash(parts.params)} | job_tags
+    if cfg.get("claim"):
+        tags |= {f"fpdsl.claim.{k}": str(v) for k, v in cfg.claim.items()}
     tracker = Tracker.create(store, exp_id, f"{stem}-{uuid.uuid4().hex[:4]}", tags)
     params = dict(parts.params) | {f"choice.{g}": v for g, v in choices.items()} | {"optimizer.family": parts.family}
     tracker.log_params(params)

@@ -58,6 +58,16 @@ class Figures(BaseModel):
     dpi: Annotated[int, Field(ge=20, le=1200)]
 
 
+class Claim(BaseModel):
+    """What an experiment file claims: the report counts the seeds whose run has tag (or metric)
+    `tag` starting with `expect`."""
+    model_config = STRICT
+    statement: Annotated[str, Field(min_length=1, max_length=300)]
+    source: Annotated[str, Field(max_length=200)] = ""
+    tag: Annotated[str, Field(min_length=1, max_length=200)]
+    expect: Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class RunSettings(BaseModel):
     model_config = STRICT
     seed: Annotated[int, Field(ge=0, lt=2**32)]
@@ -68,6 +78,7 @@ class RunSettings(BaseModel):
     tracking: Tracking
     checkpoint: Checkpoint
     figures: Figures
+    claim: Optional[Claim] = None
     resume: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]]
 
 

@@ -1,7 +1,5 @@
-"""Frequency measures of SCIENCE.md §1.1–1.2: DFT peaks, Δ_F, and the F-Principle order."""
+"""Frequency measures (docs/science.md): DFT peaks, Δ_F, filtering, projection, amplitudes."""
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
@@ -50,53 +48,7 @@ def delta_at(h: np.ndarray, y: np.ndarray, variant: str = "complex") -> np.ndarr
     raise ValueError(f"unknown Δ_F variant {variant!r}; use 'complex' or 'magnitude'")
 
 
-def converge_steps(steps: np.ndarray, deltas: np.ndarray, eps: float = 0.1) -> np.ndarray:
-    """First recorded step at which Δ(k) ≤ eps, per column of deltas (T, K); +inf if never."""
-    hit = deltas <= eps
-    first = np.where(hit.any(axis=0), np.argmax(hit, axis=0), -1)
-    return np.where(first >= 0, np.asarray(steps, dtype=float)[np.maximum(first, 0)], np.inf)
-
-
-def fp_order(freqs: np.ndarray, conv: np.ndarray) -> tuple[float, bool, str]:
-    """F-Principle order of converge steps against peak frequency (SCIENCE.md §1.2).
-
-    Returns (score, holds, verdict). score: Spearman correlation (+inf ranks last);
-    NaN when no peak converged or the ranks carry no order (all tied).
-    holds: converge steps non-decreasing with frequency.
-    verdict: 'holds', 'reversed' (score < 0), 'partial', or 'undetermined'.
-    """
-    freqs, conv = np.asarray(freqs, dtype=float), np.asarray(conv, dtype=float)
-    order = np.argsort(freqs, kind="stable")
-    c = conv[order]
-    if len(c) < 2 or not np.isfinite(c).any():
-        return float("nan"), False, "undetermined"
-    from scipy.stats import spearmanr  # here, not at the top: scipy.stats takes ~0.6 s to import, after training
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
-        score = float(spearmanr(freqs[order], c).statistic)
-    holds = bool(np.all(c[1:] >= c[:-1]))
-    if np.isnan(score):
-        return score, holds, "undetermined"
-    if holds:
-        return score, True, "holds"
-    return score, False, "reversed" if score < 0 else "partial"
-
-
-def combine_orders(scores, verdicts) -> tuple[float, bool, str]:
-    """One F-Principle verdict from several (one per δ, say): the mean of the defined scores;
-    holds when every determined verdict holds (and at least one is determined)."""
-    scores = np.asarray(scores, dtype=float)
-    determined = [v for v in verdicts if v != "undetermined"]
-    if not determined:
-        return float("nan"), False, "undetermined"
-    score = float(np.nanmean(scores))
-    if all(v == "holds" for v in determined):
-        return score, True, "holds"
-    return score, False, "reversed" if score < 0 else "partial"
-
-
-# -- filtering method (SCIENCE.md §1.3) ------------------------------------------------
+# -- filtering method  ------------------------------------------------
 
 
 def squared_distances(x: np.ndarray) -> np.ndarray:
@@ -145,14 +97,14 @@ def filtering_errors(kernel: np.ndarray, target: np.ndarray, output: np.ndarray)
 
 
 def default_deltas(sq_dist: np.ndarray) -> np.ndarray:
-    """δ values scaled to the data: (0.01, 0.03, 0.1, 0.3, 1) × the median squared distance
+    """δ values scaled to the data: (0.1, 0.2, 0.5, 1, 2) × the median squared distance
     between distinct inputs."""
     iu = np.triu_indices_from(sq_dist, k=1)
     med = float(np.median(sq_dist[iu])) if iu[0].size else 1.0
-    return np.array([0.01, 0.03, 0.1, 0.3, 1.0]) * (med if med > 0 else 1.0)
+    return np.array([0.1, 0.2, 0.5, 1.0, 2.0]) * (med if med > 0 else 1.0)
 
 
-# -- projection method (SCIENCE.md §1.4) -----------------------------------------------
+# -- projection method  -----------------------------------------------
 
 
 def principal_direction(x: np.ndarray) -> np.ndarray:
@@ -194,7 +146,7 @@ def apply_pair(pair: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out[:k] + 1j * out[k:]
 
 
-# -- spectral bias amplitudes (SCIENCE.md §1.5) ----------------------------------------
+# -- spectral bias amplitudes  ----------------------------------------
 
 
 def sine_amplitude_matrix(x: np.ndarray, omegas: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:

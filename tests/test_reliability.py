@@ -149,15 +149,10 @@ def test_resume_refuses_a_different_config(cli, tmp_path):
 
 
 def run_in_process(tmp_path, *overrides):
-    """The task function itself on a composed config (no interpreter start-up per run)."""
-    from hydra import compose, initialize_config_dir
+    """The task function itself through the Python API (no interpreter start-up per run)."""
+    import fpdsl
 
-    from conftest import CONF
-    from fpdsl.runner import run
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "progress=off", *overrides])
-    return run(cfg)
+    return fpdsl.run([f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "progress=off", *overrides])
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgsb", "oneplusone", "pso"])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fpdsl import spectral
-from fpdsl.data import Condense5D, Digits, File, Image2D, Rahaman
+from fpdsl.data import SineSum, Digits, File, Image2D, Rahaman
 from fpdsl.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def test_rahaman_rejects_unresolvable_frequencies_and_bad_amplitudes():
 
 
 def test_condense5d_is_the_papers_target():
-    d = Condense5D()
+    d = SineSum()
     assert d.x.shape == (80, 5) and d.y.shape == (80, 1) and not d.uniform
     assert d.x.min() >= -4 and d.x.max() <= 2
     np.testing.assert_allclose(d.y[:, 0], (3.5 * np.sin(5 * d.x + 1)).sum(1))

@@ -193,22 +193,53 @@ def test_cosine_similarity_of_identical_opposite_and_orthogonal_neurons():
     np.testing.assert_allclose(d, d.T)
 
 
-def test_orientation_count_of_constructed_features():
+def blocks(dirs, per, noise, rng):
+    return np.concatenate([d * rng.uniform(0.5, 2, (per, 1)) + noise * rng.standard_normal((per, len(d))) for d in dirs])
+
+
+def test_two_antipodal_blocks_count_two_and_are_not_split():
     rng = np.random.default_rng(0)
-    dirs = np.array([[1.0, 0, 0], [0, 1.0, 0], [-1.0, 0, 0]])  # two opposite: different orientations
-    u = np.concatenate([d * rng.uniform(0.5, 2, (10, 1)) + 0.01 * rng.standard_normal((10, 3)) for d in dirs])
+    d = np.array([1.0, 2.0, -0.5]) / np.linalg.norm([1.0, 2.0, -0.5])
+    u = blocks([d, -d], 25, 0.03, rng)  # the tanh picture: u and −u are two orientations
+    assert condensation.count_orientations(condensation.cosine_similarity(u), 0.95) == 2
+    labels = condensation.orientation_clusters(condensation.cosine_similarity(u), 0.95)
+    assert len(set(labels[:25])) == 1 and len(set(labels[25:])) == 1 and labels[0] != labels[25]
+
+
+def test_three_separated_blocks_count_three_and_strays_are_no_orientation():
+    rng = np.random.default_rng(1)
+    dirs = np.array([[1.0, 0, 0], [0, 1.0, 0], [-1.0, 0, 0]])
+    u = blocks(dirs, 10, 0.01, rng)
     d = condensation.cosine_similarity(u)
     assert condensation.count_orientations(d, threshold=0.95) == 3
-    labels = condensation.orientation_clusters(d, 0.95)
-    assert [len(set(labels[i : i + 10])) for i in (0, 10, 20)] == [1, 1, 1]
-    # a stray neuron is no orientation; a pair is one unless min_fraction asks for more
     stray = np.concatenate([u, [[0, 0, 1.0]], [[1.0, 1.0, 1.0], [1.1, 1.0, 1.0]]])
     ds = condensation.cosine_similarity(stray)
-    assert condensation.count_orientations(ds, 0.95, min_fraction=0.0) == 4
-    assert condensation.count_orientations(ds, 0.95, min_fraction=0.1) == 3
-    # random features in 6-D: nothing condensed
-    rand = condensation.cosine_similarity(rng.standard_normal((50, 6)))
-    assert condensation.count_orientations(rand, 0.95) == 0
+    assert condensation.count_orientations(ds, 0.95, min_fraction=0.0) == 4  # the pair is one
+    assert condensation.count_orientations(ds, 0.95, min_fraction=0.1) == 3  # unless a tenth is asked for
+
+
+def test_random_unit_vectors_match_the_baseline_and_are_not_condensed():
+    rng = np.random.default_rng(2)
+    for dim in (2, 6):
+        counts = [condensation.orientations(rng.standard_normal((50, dim)), np.zeros((50, dim))).n for _ in range(20)]
+        n_rand, cover_rand = condensation.random_baseline(50, dim)
+        assert abs(np.mean(counts) - n_rand) <= max(1.0, 0.25 * n_rand)
+        o = condensation.orientations(rng.standard_normal((50, dim)), np.zeros((50, dim)))
+        assert not condensation.is_condensed(o, (n_rand, cover_rand))
+    assert condensation.random_baseline(50, 2)[0] > 5  # on the circle random directions look clustered
+    assert condensation.random_baseline(50, 6)[0] < 1  # in 6-D they almost never are
+
+
+def test_unmoved_features_are_not_condensed_and_grown_blocks_are():
+    rng = np.random.default_rng(3)
+    u0 = 1e-3 * rng.standard_normal((50, 3))
+    o = condensation.orientations(u0 * 1.01, u0)
+    assert o.n_grown == 0 and not condensation.is_condensed(o, condensation.random_baseline(0, 3))
+    d = np.array([0.6, 0.8, 0.0])
+    u = u0 + blocks([d, -d], 25, 0.01, rng)
+    o = condensation.orientations(u, u0)
+    assert o.n_grown == 50 and o.n == 2 and o.coverage == 1.0
+    assert condensation.is_condensed(o, condensation.random_baseline(50, 3))
 
 
 def test_block_order_puts_clusters_together():
@@ -250,22 +281,25 @@ def test_condensation_probe_on_a_two_layer_network():
 
     data = Sines1D(n_points=32)
     torch.manual_seed(0)
-    model = TwoLayer(1, 1, width=12, activation="xtanh", init_gamma=None, init_std=1.0)
+    model = TwoLayer(1, 1, width=50, activation="xtanh", init_gamma=None, init_std=1e-3)
     obj = Objective(model, data.x, data.y, MSE(), dtype=torch.float64)
-    probe = Condensation(data, threshold=0.9)
+    probe = Condensation(data)
     m = probe.observe(0, StepView(obj, obj.theta0))
-    assert set(m) == {"n_orientations", "max_cluster_share"}
-    # put every neuron on one of two orientations: (1, 1) and −(1, 1)
+    assert m["n_orientations"] == 0 and m["n_grown"] == 0  # nothing moved yet
+    assert probe.result()[2] == "not condensed (the features have not grown)"
+    # grow every neuron along one of two orientations: (1, 1) and −(1, 1)
     theta = obj.theta0.clone()
     params = obj.unflatten(theta)
-    params["0.weight"][:, 0] = torch.tensor([1.0, -1.0] * 6) * torch.arange(1, 13)
+    params["0.weight"][:, 0] = torch.tensor([1.0, -1.0] * 25) * torch.arange(1, 51)
     params["0.bias"][:] = params["0.weight"][:, 0]
     m = probe.observe(10, StepView(obj, theta))
-    assert m == {"n_orientations": 2.0, "max_cluster_share": 0.5}
-    res = probe.finish()
-    assert res.metrics["multiplicity"] == 2 and res.metrics["within_2p"] == 1.0
+    assert m["n_orientations"] == 2.0 and m["coverage"] == 1.0 and m["n_grown"] == 50
+    res = probe.finish(title="xtanh test")
+    assert res.metrics["multiplicity"] == 2 and res.metrics["within_2p"] == 1.0 and res.metrics["condensed"] == 1.0
+    assert res.tags["verdict"] == "condensed, ≤ 2p"
+    assert res.metrics["baseline_orientations"] > 4  # 50 random directions on the circle do cluster
     assert set(res.figures) == {"cosine", "theta_amplitude"}
-    assert res.arrays["features_last"].shape == (12, 2)
+    assert res.arrays["features_last"].shape == (50, 2)
 
 
 # -- Sobolev loss (§1.6) ------------------------------------------------------------------
@@ -289,8 +323,8 @@ def test_sobolev_weights_frequencies():
 
 
 def test_sobolev_needs_a_uniform_one_dimensional_grid():
-    from fpdsl.data import Condense5D
+    from fpdsl.data import SineSum
     from fpdsl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="loss=sobolev needs 1-D inputs on a uniform grid"):
-        Sobolev(Condense5D(), s=1.0)
+        Sobolev(SineSum(), s=1.0)

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF
-from fpdsl.data import Condense5D, Sines1D
+from fpdsl.data import SineSum, Sines1D
 from fpdsl.losses import MSE, Sobolev
 from fpdsl.objective import Objective
 from fpdsl.optim import Budget, ScipyOptimizer, TorchOptimizer
@@ -28,7 +28,7 @@ def build(option, data, **extra):
 
 
 def datasets():
-    return {"1d": Sines1D(n_points=24), "5d": Condense5D(n_points=16)}
+    return {"1d": Sines1D(n_points=24), "5d": SineSum(n_points=16)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

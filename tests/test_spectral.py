@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from fpdsl import spectral
+from fpdsl import spectral, verdict
 
 N = 128
 X = 2 * np.pi * np.arange(N) / N  # periodic grid: no leakage, exact bins
@@ -70,32 +70,63 @@ def test_multi_output_magnitude_in_quadrature():
 def test_converge_steps_first_hit_and_never():
     steps = np.array([0, 10, 20, 30])
     deltas = np.array([[1.0, 1.0, 1.0], [0.05, 0.9, 1.0], [0.01, 0.1, 1.0], [0.0, 0.5, 0.9]])
-    conv = spectral.converge_steps(steps, deltas, eps=0.1)
-    np.testing.assert_array_equal(conv, [10, 20, np.inf])
+    conv = verdict.converge_steps(steps, deltas, eps=0.1)
+    np.testing.assert_array_equal(conv, [10, 20, np.nan])
+
+
+def history(conv, steps=range(0, 101, 10), start=1.0):
+    """Δ histories (T, K) that fall from start to 0.01 at each converge step (None: never below 0.5)."""
+    steps = np.asarray(list(steps))
+    out = np.full((len(steps), len(conv)), start)
+    for k, c in enumerate(conv):
+        if c is None:
+            out[:, k] = np.linspace(start, 0.6, len(steps))
+        else:
+            out[steps >= c, k] = 0.01
+    return steps, out
 
 
 @pytest.mark.parametrize(
-    "conv, score, holds, verdict",
+    "conv, verdict_, bias",
     [
-        ([10, 20, 30], 1.0, True, "holds"),
-        ([10, 20, np.inf], 1.0, True, "holds"),
-        ([30, 20, 10], -1.0, False, "reversed"),
-        ([np.inf, np.inf, 10], None, False, "reversed"),
-        ([10, 30, 20], 0.5, False, "partial"),
-        ([np.inf, np.inf, np.inf], math.nan, False, "undetermined"),
-        ([10, 10, 10], math.nan, True, "undetermined"),
-        ([10, np.inf, np.inf], None, True, "holds"),
+        ([10, 20, 30], "holds", "not removed"),  # low to high
+        ([10, 20, None], "holds", "not removed"),  # two converged in order, the highest never
+        ([10, None, None], "undetermined", "not removed"),  # one converged peak is no evidence
+        ([None, None, None], "not fitted", "not removed"),
+        ([30, 20, 10], "reversed", "not removed"),
+        ([10, 30, 20], "partial", "not removed"),
+        ([None, 10, 20], "reversed", "not removed"),  # the lowest never converged: order −0.5
+        ([20, 20, 20], "undetermined", "removed"),  # all at once: no order, and the bias is gone
+        ([20, 20, 30], "holds", "removed"),  # within a factor 2 of each other
     ],
 )
-def test_fp_order(conv, score, holds, verdict):
-    s, h, v = spectral.fp_order(np.array([1, 3, 5]), np.array(conv, dtype=float))
-    assert (v, h) == (verdict, holds)
-    if score is not None:
-        assert (math.isnan(s) and math.isnan(score)) or s == pytest.approx(score)
-    if verdict == "reversed":
-        assert s < 0
+def test_verdicts_of_constructed_histories(conv, verdict_, bias):
+    steps, deltas = history(conv)
+    j = verdict.judge([1, 3, 5], steps, deltas, eps=0.1)
+    assert (j.verdict, j.bias) == (verdict_, bias)
+    assert j.n_converged == sum(c is not None for c in conv)
+    if j.n_converged < 2:
+        assert math.isnan(j.order)
+    if verdict_ == "reversed":
+        assert j.order < 0
 
 
-def test_fp_order_sorts_by_frequency():
-    s, h, v = spectral.fp_order(np.array([5, 1, 3]), np.array([30.0, 10.0, 20.0]))
-    assert (s, h, v) == (pytest.approx(1.0), True, "holds")
+def test_threshold_free_orders_see_low_frequencies_move_first_without_any_converging():
+    steps = np.arange(0, 101, 10)
+    # nothing reaches ε = 0.1, but k=1 falls fastest and k=5 slowest
+    deltas = np.stack([np.exp(-steps / 20), np.exp(-steps / 60), np.exp(-steps / 200)], axis=1) * 0.9 + 0.11
+    j = verdict.judge([1, 3, 5], steps, deltas, eps=0.1, eps_list=(0.5,))
+    assert j.verdict == "not fitted" and math.isnan(j.order)
+    assert j.order_mean_log == pytest.approx(1.0) and j.order_halving == pytest.approx(1.0)
+    assert j.by_eps[0.5] == pytest.approx(1.0)
+
+
+def test_verdict_sorts_by_frequency_and_logs_never_converged_as_nan():
+    steps, deltas = history([30, 10, 20])
+    j = verdict.judge([5, 1, 3], steps, deltas)
+    assert j.verdict == "holds" and j.order == pytest.approx(1.0)
+    steps, deltas = history([10, None])
+    m = verdict.metrics_of(verdict.judge([1, 3], steps, deltas), ["k1", "k3"])
+    assert m["converge_step/k1"] == 10 and math.isnan(m["converge_step/k3"])
+    assert m["converged/k1"] == 1 and m["converged/k3"] == 0
+    assert all(not (isinstance(v, float) and math.isinf(v)) for v in m.values())

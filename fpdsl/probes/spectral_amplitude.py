@@ -1,13 +1,14 @@
-"""spectral_amplitude: the learned amplitude of each target sine (Rahaman et al. 2019; SCIENCE.md §1.5)."""
+"""spectral_amplitude: the learned amplitude of each target sine (Rahaman et al. 2019; docs/science.md)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import numpy as np
 from pydantic import Field
 
-from fpdsl import spectral
+from fpdsl import spectral, verdict
 from fpdsl.errors import ConfigError
+from fpdsl.probes.spectrum import Eps, EpsList
 
 
 class SpectralAmplitude:
@@ -15,15 +16,18 @@ class SpectralAmplitude:
 
     The dataset says its sine components: `angular_frequencies` ω_i (radians per unit x),
     `amplitudes` A_i, and `frequencies` (as configured, for the names); ĥ(ω) = Σ_j h_j e^{−iω x_j}.
-    On Rahaman's grid x_j = j/n this is the DFT at k_i. Converged: |amplitude − 1| ≤ eps;
-    the F-Principle order is taken over the frequencies as in spectrum.
+    On Rahaman's grid x_j = j/n this is the DFT at k_i. The error judged is |amplitude − 1|
+    (converged when ≤ eps); verdicts as in fpdsl.verdict, over the frequencies.
     """
 
     def __init__(
         self,
         data,
         every: Annotated[int, Field(ge=1)] = 10,
-        eps: Annotated[float, Field(gt=0)] = 0.1,
+        per_decade: Optional[Annotated[int, Field(ge=1, le=1000)]] = None,
+        eps: Eps = 0.1,
+        eps_list: EpsList = (0.05, 0.2, 0.5),
+        removed_factor: Annotated[float, Field(ge=1)] = 2.0,
         name: str = "spectral_amplitude",
     ):
         missing = [a for a in ("angular_frequencies", "amplitudes", "frequencies") if not hasattr(data, a)]
@@ -34,7 +38,8 @@ class SpectralAmplitude:
             )
         if data.x.shape[1] != 1:
             raise ConfigError(f"probe.{name} needs 1-D inputs; this dataset has {data.x.shape[1]} dimensions")
-        self.every, self.eps, self.name = every, eps, name
+        self.every, self.per_decade, self.name = every, per_decade, name
+        self.eps, self.eps_list, self.removed_factor = eps, tuple(eps_list), removed_factor
         self.x = np.asarray(data.x, dtype=float)[:, 0]
         self.omegas = np.asarray(data.angular_frequencies, dtype=float)
         self.amplitudes = np.asarray(data.amplitudes, dtype=float)
@@ -43,6 +48,7 @@ class SpectralAmplitude:
             raise ConfigError(f"probe.{name}: the dataset has a zero amplitude; the normalised amplitude needs A_i ≠ 0")
         self.labels = [f"k{f:g}" for f in self.frequencies]
         self.matrix = spectral.real_pair(spectral.sine_amplitude_matrix(self.x, self.omegas, self.amplitudes))  # once
+        self.order = np.argsort(np.abs(self.omegas), kind="stable")
         self.steps: list[int] = []
         self.values: list[np.ndarray] = []
 
@@ -52,35 +58,27 @@ class SpectralAmplitude:
         self.values.append(amp)
         return {f"amplitude/{k}": float(v) for k, v in zip(self.labels, amp)}
 
-    def summary(self):
-        values = np.asarray(self.values)
-        conv = spectral.converge_steps(np.asarray(self.steps), np.abs(values - 1.0), self.eps)
-        return (conv, *spectral.fp_order(np.abs(self.omegas), conv))
+    def judge(self) -> verdict.Judgement:
+        err = np.abs(np.asarray(self.values) - 1.0)
+        return verdict.judge(np.abs(self.omegas), self.steps, err, self.eps, self.eps_list, self.removed_factor)
+
+    def image(self):
+        from fpdsl.figures import heatmap_image
+
+        return heatmap_image(self.steps, np.asarray(self.values)[:, self.order], 0.0, 1.0, cmap="viridis")
 
     def finish(self, title: str = ""):
         from fpdsl.figures import heatmap
         from fpdsl.probes import ProbeResult
 
-        conv, score, holds, verdict = self.summary()
-        metrics = {"fp_order": score, "fp_holds": float(holds)}
-        metrics.update({f"converge_step/{k}": float(c) for k, c in zip(self.labels, conv)})
-        order = np.argsort(np.abs(self.omegas), kind="stable")
+        j = self.judge()
         fig = heatmap(
-            self.steps,
-            np.asarray(self.values)[:, order],
-            [f"{f:g}" for f in self.frequencies[order]],
-            title=f"normalised amplitude 2|ĥ(k)|/(n A) — order {score:+.2f}, {verdict}",
-            cbar_label="amplitude (clipped to [0, 1])",
-            vmin=0.0,
-            vmax=1.0,
-            cmap="viridis",
-            ylabel="frequency k",
+            self.steps, np.asarray(self.values)[:, self.order], [f"{f:g}" for f in self.frequencies[self.order]],
+            title=f"{title + chr(10) if title else ''}normalised amplitude 2|ĥ(k)|/(n A) — {j.verdict}, "
+                  f"{j.n_converged}/{j.n_freqs} within ε = {self.eps:g} of 1; bias {j.bias}",
+            cbar_label="amplitude (clipped to [0, 1])", vmin=0.0, vmax=1.0, cmap="viridis", ylabel="frequency k",
         )
-        arrays = {
-            "steps": np.asarray(self.steps),
-            "frequencies": self.frequencies,
-            "amplitudes": self.amplitudes,
-            "amplitude": np.asarray(self.values),
-            "converge_step": conv,
-        }
-        return ProbeResult(line=f"F-Principle {verdict} (order {score:+.2f})", metrics=metrics, tags={"fp_verdict": verdict}, figures={"heatmap": fig}, arrays=arrays)
+        arrays = {"steps": np.asarray(self.steps), "frequencies": self.frequencies, "amplitudes": self.amplitudes,
+                  "amplitude": np.asarray(self.values)} | verdict.arrays_of(j)
+        return ProbeResult(metrics=verdict.metrics_of(j, self.labels), tags=verdict.tags_of(j),
+                           figures={"heatmap": fig}, arrays=arrays, line=j.line)

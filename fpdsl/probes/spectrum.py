@@ -1,24 +1,35 @@
-"""spectrum: Δ_F at the target's DFT peaks on 1-D uniform data (SCIENCE.md §1.1–1.2)."""
+"""spectrum: Δ_F at the target's DFT peaks on 1-D uniform data (docs/science.md)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 from pydantic import Field
 
-from fpdsl import spectral
+from fpdsl import spectral, verdict
 from fpdsl.errors import ConfigError
+
+Eps = Annotated[float, Field(gt=0)]
+EpsList = Annotated[list[Eps], Field(max_length=20)]
 
 
 class Spectrum:
+    """Δ_F(k) = |ĥ_k − ŷ_k| / |ŷ_k| (variant complex; magnitude: ||ĥ_k| − |ŷ_k|| / (|ŷ_k| + 1e-5))
+    at the peaks k of the target's DFT among its first n_coeffs coefficients (ignoring peaks
+    below min_rel × the largest), observed every `every` steps and at `per_decade`
+    log-spaced steps a decade; verdicts as in fpdsl.verdict."""
+
     def __init__(
         self,
         data,
         every: Annotated[int, Field(ge=1)] = 10,
+        per_decade: Optional[Annotated[int, Field(ge=1, le=1000)]] = None,
         n_coeffs: Annotated[int, Field(ge=3)] = 40,
         min_rel: Annotated[float, Field(ge=0, le=1)] = 0.05,
         variant: Literal["complex", "magnitude"] = "complex",
-        eps: Annotated[float, Field(gt=0)] = 0.1,
+        eps: Eps = 0.1,
+        eps_list: EpsList = (0.05, 0.2, 0.5),
+        removed_factor: Annotated[float, Field(ge=1)] = 2.0,
         name: str = "spectrum",
     ):
         if not getattr(data, "uniform", False) or data.x.shape[1] != 1:
@@ -26,11 +37,13 @@ class Spectrum:
                 f"probe.{name} needs 1-D inputs on a uniform grid; this dataset is not one "
                 "(use probe=projection or probe=filtering, or remove it with ~probe." + name + ")"
             )
-        self.every, self.variant, self.eps, self.name = every, variant, eps, name
+        self.every, self.per_decade, self.variant, self.name = every, per_decade, variant, name
+        self.eps, self.eps_list, self.removed_factor = eps, tuple(eps_list), removed_factor
         self.target = spectral.dft(data.y)
         self.ks = spectral.peaks(self.target, n_coeffs, min_rel)
         if self.ks.size == 0:
-            raise ConfigError(f"probe.{name}: the target has no DFT peak among the first {n_coeffs} coefficients; raise probe.{name}.n_coeffs")
+            raise ConfigError(f"probe.{name}: the target has no DFT peak among the first {n_coeffs} coefficients; "
+                              f"raise probe.{name}.n_coeffs")
         self.rows = spectral.dft_rows(len(data.y), self.ks)  # the DFT at the peaks only, built once
         self.target_at_peaks = self.target[self.ks]
         if self.target_at_peaks.shape[1:] == (1,):  # one output: magnitudes are plain |·|, fewer calls
@@ -51,32 +64,31 @@ class Spectrum:
         self.deltas_other.append(spectral.delta_at(out, self.target_at_peaks, other))
         return dict(zip(self.keys, d.tolist()))
 
-    def summary(self):
-        steps, deltas = np.asarray(self.steps), np.asarray(self.deltas)
-        conv = spectral.converge_steps(steps, deltas, self.eps)
-        score, holds, verdict = spectral.fp_order(self.ks, conv)
-        return conv, score, holds, verdict
+    def judge(self) -> verdict.Judgement:
+        return verdict.judge(self.ks, self.steps, self.deltas, self.eps, self.eps_list, self.removed_factor)
+
+    def image(self):
+        from fpdsl.figures import heatmap_image
+
+        return heatmap_image(self.steps, self.deltas, 0.1, 1.0)
 
     def finish(self, title: str = ""):
         from fpdsl.figures import heatmap
         from fpdsl.probes import ProbeResult
 
-        conv, score, holds, verdict = self.summary()
-        metrics = {"fp_order": score, "fp_holds": float(holds)}
-        metrics.update({f"converge_step/k{k}": float(c) for k, c in zip(self.ks, conv)})
+        j = self.judge()
         fig = heatmap(
-            self.steps,
-            self.deltas,
-            self.ks,
-            title=f"Δ_F ({self.variant}) at target peaks — order {score:+.2f}, {verdict}",
+            self.steps, self.deltas, self.ks,
+            title=f"{title + chr(10) if title else ''}Δ_F ({self.variant}) at the target's peaks — {j.verdict}, "
+                  f"{j.n_converged}/{j.n_freqs} converged at ε = {self.eps:g}",
             cbar_label="Δ_F (clipped to [0.1, 1])",
         )
+        other = "magnitude" if self.variant == "complex" else "complex"
         arrays = {
-            "steps": np.asarray(self.steps),
-            "peaks": self.ks,
-            f"delta_{self.variant}": np.asarray(self.deltas),
-            f"delta_{'magnitude' if self.variant == 'complex' else 'complex'}": np.asarray(self.deltas_other),
-            "converge_step": conv,
-        }
-        tags = {"fp_verdict": verdict, "delta_variant": self.variant}
-        return ProbeResult(line=f"F-Principle {verdict} (order {score:+.2f})", metrics=metrics, tags=tags, figures={"heatmap": fig}, arrays=arrays)
+            "steps": np.asarray(self.steps), "peaks": self.ks,
+            f"delta_{self.variant}": np.asarray(self.deltas), f"delta_{other}": np.asarray(self.deltas_other),
+        } | verdict.arrays_of(j)
+        labels = [f"k{k}" for k in self.ks]
+        tags = verdict.tags_of(j) | {"delta_variant": self.variant}
+        return ProbeResult(metrics=verdict.metrics_of(j, labels), tags=tags, figures={"heatmap": fig},
+                           arrays=arrays, line=j.line)
