@@ -12,10 +12,29 @@ from typing import Annotated, Literal, Optional, Union
 import numpy as np
 from pydantic import Field
 
+from fpdsl import limits
 from fpdsl.errors import ConfigError
 
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+MAX_FILE_BYTES = 1 << 30  # a .csv larger than this is refused (convert it to .npz)
 
-class Sines1D:
+
+class Dataset:
+    """What every dataset gives: inputs x (n, d) and targets y (n, c) as float64 arrays, and
+    `uniform`, true when x is one column of evenly spaced values (the DFT-based probes and
+    the Sobolev loss need it). A dataset of your own subclasses this (fpdsl builds only
+    datasets of this kind from a config) and sets the three in its constructor."""
+
+    x: np.ndarray
+    y: np.ndarray
+    uniform: bool = False
+
+
+def _points(n: int, dim: int, key: str) -> None:
+    limits.estimate_rows_bytes(n, dim + 1, key, f"{n:,} points", f"lower {key}")
+
+
+class Sines1D(Dataset):
     """y(x) = Σ_i A_i sin(f_i x + φ_i) on a uniform grid (endpoints included), plus optional noise."""
 
     def __init__(
@@ -26,7 +45,7 @@ class Sines1D:
         interval: Annotated[list[float], Field(min_length=2, max_length=2)] = (-math.pi, math.pi),
         n_points: Annotated[int, Field(ge=2)] = 201,
         noise: Annotated[float, Field(ge=0)] = 0.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ):
         f = np.asarray(frequencies, dtype=float)
         a = np.ones_like(f) if amplitudes is None else np.asarray(amplitudes, dtype=float)
@@ -39,6 +58,11 @@ class Sines1D:
         lo, hi = interval
         if not hi > lo:
             raise ConfigError(f"dataset.interval must be [low, high] with high > low, got {list(interval)}")
+        _points(n_points, 1, "dataset.n_points")
+        nyquist = np.pi * (n_points - 1) / (hi - lo)  # the highest angular frequency the grid resolves
+        if np.abs(f).max() >= nyquist:
+            raise ConfigError(f"dataset.frequencies: {np.abs(f).max():g} is above what {n_points} points on "
+                              f"[{lo:g}, {hi:g}] resolve (below {nyquist:.3g}); raise dataset.n_points or lower it")
         x = np.linspace(lo, hi, n_points)
         y = (a[:, None] * np.sin(f[:, None] * x[None, :] + p[:, None])).sum(0)
         if noise > 0:
@@ -51,7 +75,7 @@ class Sines1D:
         self.angular_frequencies = f
 
 
-class Rahaman:
+class Rahaman(Dataset):
     """λ(x) = Σ_i A_i sin(2π k_i x + φ_i) on x_j = j/n, j = 0 .. n−1 (uniform on [0, 1), periodic),
     φ_i ~ U[0, 2π) drawn with `seed` (Rahaman et al. 2019).
 
@@ -64,7 +88,7 @@ class Rahaman:
         frequencies: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50),
         amplitudes: Union[Literal["equal", "rising"], list[float]] = "equal",
         n_points: Annotated[int, Field(ge=2)] = 200,
-        seed: int = 0,
+        seed: Seed = 0,
     ):
         k = np.asarray(frequencies, dtype=float)
         if amplitudes == "equal":
@@ -78,6 +102,7 @@ class Rahaman:
                     f"dataset.amplitudes has {a.size} values but dataset.frequencies has {k.size}; "
                     "give one per frequency, or 'equal' / 'rising'"
                 )
+        _points(n_points, 1, "dataset.n_points")
         if k.max() >= n_points / 2:
             raise ConfigError(
                 f"dataset.n_points={n_points} cannot resolve frequency {k.max():g} (Nyquist: n_points/2); "
@@ -91,7 +116,7 @@ class Rahaman:
         self.angular_frequencies = 2 * np.pi * k
 
 
-class SineSum:
+class SineSum(Dataset):
     """f(x) = Σ_{k=1}^{d} A sin(ω x_k + φ) at n points x ~ U[low, high]^d, drawn with `seed`
     (Zhou et al. 2021: d = 5, A = 3.5, ω = 5, φ = 1, 80 points on [−4, 2]^5; condense1d: d = 1)."""
 
@@ -104,24 +129,25 @@ class SineSum:
         amplitude: float = 3.5,
         omega: float = 5.0,
         phase: float = 1.0,
-        seed: int = 0,
+        seed: Seed = 0,
     ):
         if not high > low:
             raise ConfigError(f"dataset.high ({high}) must be greater than dataset.low ({low})")
+        _points(n_points, dim, "dataset.n_points")
         x = np.random.default_rng(seed).uniform(low, high, (n_points, dim))
         self.x = x
         self.y = (amplitude * np.sin(omega * x + phase)).sum(axis=1, keepdims=True)
         self.uniform = False
 
 
-class Digits:
+class Digits(Dataset):
     """scikit-learn's digits (1797 images of 8×8, shipped inside the package, no download):
     x = the 64 pixels scaled to [0, 1], y = the label one-hot (10 outputs), as a regression target.
 
     n_samples: a random subset of that many images (drawn with `seed`); null keeps all.
     """
 
-    def __init__(self, n_samples: Optional[Annotated[int, Field(ge=1)]] = None, seed: int = 0):
+    def __init__(self, n_samples: Optional[Annotated[int, Field(ge=1)]] = None, seed: Seed = 0):
         from sklearn.datasets import load_digits
 
         d = load_digits()
@@ -137,7 +163,7 @@ class Digits:
         self.uniform = False
 
 
-class Image2D:
+class Image2D(Dataset):
     """A grey image as a function of pixel coordinates: x = (row, col)/size in [0, 1)², y = grey
     level in [0, 1], size² points.
 
@@ -178,7 +204,7 @@ class Image2D:
         self.uniform = False
 
 
-class File:
+class File(Dataset):
     """The user's own data: a .npz with named arrays, or a .csv with a header row naming columns.
 
     x, y: the array names (.npz) or column names (.csv; a list for several columns). 1-D
@@ -230,6 +256,12 @@ def _load_npz(p: Path, x, y) -> dict:
                     f"dataset: {p.name} has no array named {missing[0]!r}; it holds {names}; "
                     f"set dataset.x / dataset.y to those names"
                 )
+            for key, name in (("x", x), ("y", y)):  # the size from the header, before reading the values
+                shape = _npz_shape(p, name)
+                if shape is not None:
+                    limits.estimate_rows_bytes(int(np.prod(shape[:1] or (1,))), int(np.prod(shape[1:])), "dataset.path",
+                                               f"{key} of {p.name} ({' × '.join(map(str, shape))})",
+                                               "use a smaller file or a subset of its rows")
             return {"x": f[x], "y": f[y]}
     except ConfigError:
         raise
@@ -237,9 +269,28 @@ def _load_npz(p: Path, x, y) -> dict:
         raise ConfigError(f"dataset.path: cannot read {p.name} as .npz ({type(e).__name__}: {e})") from None
 
 
+def _npz_shape(p: Path, name: str):
+    """The shape an array of a .npz declares in its header (without reading the data)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z, z.open(name + ".npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return read(fh)[0]
+    except Exception:
+        return None
+
+
 def _load_csv(p: Path, x, y) -> dict:
     import csv
 
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"dataset.path: {p.name} is {size / 2**30:.1f} GiB, more than fpdsl reads as text "
+                          f"({MAX_FILE_BYTES / 2**30:.0f} GiB); save it as .npz (numpy.savez) instead")
+    limits.estimate_rows_bytes(size // 4, 1, "dataset.path", f"{p.name} ({size / 2**20:.0f} MiB of text)",
+                               "use a smaller file", copies=8.0)
     with open(p, newline="") as fh:
         reader = csv.reader(fh)
         try:

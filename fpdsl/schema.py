@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import typing
 from typing import Annotated, Any, Literal, Optional
 
@@ -87,14 +88,16 @@ def validate(cfg: dict) -> None:
     for group in GROUPS:
         if group not in cfg or not isinstance(cfg[group], dict):
             raise ConfigError(f"{group}: missing; choose one, e.g. {group}=<option> (see conf/{group}/)")
-        check_node(cfg[group], group, RUNTIME_ARGS.get(group, set()))
+        check_node(cfg[group], group, RUNTIME_ARGS.get(group, set()), group=group)
     probes = cfg.get("probe") or {}
     if not isinstance(probes, dict):
         raise ConfigError("probe: must be a dict of named probes, e.g. probe=[spectrum]")
     for name, node in probes.items():
         if not isinstance(node, dict):
             raise ConfigError(f"probe.{name}: must be a probe node with a _target_ (see conf/probe/)")
-        check_node(node, f"probe.{name}", RUNTIME_ARGS["probe"])
+        if not re.fullmatch(r"[A-Za-z0-9_\-.]+", str(name)):
+            raise ConfigError(f"probe.{name}: a probe's name becomes part of MLflow keys; use letters, digits, _ - .")
+        check_node(node, f"probe.{name}", RUNTIME_ARGS["probe"], group="probe")
     run_level = {k: v for k, v in cfg.items() if k not in (*GROUPS, "probe")}
     try:
         RunSettings.model_validate(run_level)
@@ -106,12 +109,51 @@ def validate(cfg: dict) -> None:
                           "set budget.max_steps=<N> or budget.max_evals=<N>")
 
 
-def check_node(node: dict, path: str, runtime: set[str] = frozenset()) -> None:
+def _interface(group: str):
+    """(check, description) of what a group's _target_ must be: a class implementing the group's
+    interface. Anything else (a function such as torch.load or builtins.open, a class of the
+    wrong kind) is refused before it is called."""
+    def has(cls, *names):
+        return all(any(n in vars(b) for b in cls.__mro__[:-1]) for n in names)
+
+    if group == "model":
+        import torch
+
+        return (lambda c: issubclass(c, torch.nn.Module)), "a torch.nn.Module subclass"
+    if group == "dataset":
+        from fpdsl.data import Dataset
+
+        return (lambda c: issubclass(c, Dataset)), "a subclass of fpdsl.data.Dataset"
+    if group == "loss":
+        return (lambda c: has(c, "__call__")), "a class whose instances are called as loss(h, y)"
+    if group == "optimizer":
+        return (lambda c: has(c, "run")), "a class with run(objective, budget, on_step) (fpdsl.optim)"
+    return (lambda c: has(c, "observe", "finish")), "a class with observe(step, view) and finish() (fpdsl.probes)"
+
+
+def check_node(node: dict, path: str, runtime: set[str] = frozenset(), group: str | None = None,
+               admits=None) -> None:
+    """One `_target_` node: the target is a class of the group's interface (or, nested, of the
+    field's annotation), every key one of its arguments, every value of the annotated type."""
     if "_target_" not in node:
         raise ConfigError(f"{path}: no _target_; every config node names the class it builds")
     target = _locate(node["_target_"], path)
-    partial = bool(node.get("_partial_", False))
-    params, has_var_kw, hints = _signature(target)
+    if not inspect.isclass(target):
+        raise ConfigError(f"{path}._target_: {node['_target_']!r} is not a class; a config builds objects of the "
+                          "classes fpdsl expects, it never calls functions")
+    if group is not None:
+        ok, what = _interface(group)
+        if not ok(target):
+            raise ConfigError(f"{path}._target_: {node['_target_']!r} is not {what}")
+    elif admits is not None and not admits(target):
+        raise ConfigError(f"{path}._target_: {node['_target_']!r} is not a kind of object this field takes")
+    for key in set(node) & (HYDRA_KEYS - {"_target_"}):
+        raise ConfigError(f"{path}.{key}: Hydra's {key} is not used in fpdsl configs; remove it")
+    if hasattr(target, "config_signature"):
+        params, hints = target.config_signature(node)
+        has_var_kw = False
+    else:
+        params, has_var_kw, hints = _signature(target)
     for key, value in node.items():
         if key in HYDRA_KEYS:
             continue
@@ -121,23 +163,56 @@ def check_node(node: dict, path: str, runtime: set[str] = frozenset()) -> None:
             allowed = ", ".join(k for k in params if k not in runtime) or "(none)"
             raise ConfigError(f"{path}.{key}: unknown key for {node['_target_']}; allowed: {allowed}")
         if isinstance(value, dict) and "_target_" in value:
-            check_node(value, f"{path}.{key}")
+            check_node(value, f"{path}.{key}", admits=_admits(hints.get(key)))
             continue
+        _no_nested_targets(value, f"{path}.{key}")
         if key in hints:
             _check_value(hints[key], value, f"{path}.{key}")
-    if not partial:
-        for name, p in params.items():
-            if p.default is inspect.Parameter.empty and name not in node and name not in runtime:
-                raise ConfigError(f"{path}.{name}: required by {node['_target_']}; add {path}.{name}=<value>")
+    for name, p in params.items():
+        if p.default is inspect.Parameter.empty and name not in node and name not in runtime:
+            raise ConfigError(f"{path}.{name}: required by {node['_target_']}; add {path}.{name}=<value>")
+
+
+def _admits(annotation):
+    """A check that a class builds objects this annotation takes (a class or a union of them);
+    None of those: nothing is admitted."""
+    classes = [a for a in _members(annotation) if inspect.isclass(a) and a is not type(None)]
+    if not classes:
+        return lambda c: False
+    return lambda c: any(issubclass(c, a) for a in classes)
+
+
+def _members(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return [m for a in typing.get_args(annotation) for m in _members(a)]
+    return [annotation]
+
+
+def _no_nested_targets(value, path: str) -> None:
+    """A `_target_` inside a list or plain dict would be built by Hydra without any check."""
+    if isinstance(value, dict):
+        if "_target_" in value:
+            raise ConfigError(f"{path}._target_: objects are built only where a setting takes one; remove this node")
+        for k, v in value.items():
+            _no_nested_targets(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_nested_targets(v, f"{path}.{i}")
 
 
 def _locate(target: str, path: str):
     from hydra.utils import get_object
 
+    if not isinstance(target, str):
+        raise ConfigError(f"{path}._target_: must be a dotted class name")
     try:
         return get_object(target)
     except Exception:
-        raise ConfigError(f"{path}._target_: cannot import {target!r}; check the module and class name") from None
+        raise ConfigError(f"{path}._target_: cannot import {target!r}; check the module and class name "
+                          "(your own module must be importable: run from its folder or add it to PYTHONPATH)") from None
 
 
 def _signature(target):
@@ -158,15 +233,31 @@ def _signature(target):
     return params, has_var_kw, {k: v for k, v in hints.items() if v is not Any}
 
 
+VALUES = ConfigDict(arbitrary_types_allowed=True, strict=True, allow_inf_nan=False)
+
+
 def _check_value(annotation, value, key: str) -> None:
+    """Strict: a boolean is not an integer, 1e3 is not an integer, NaN and ±inf are refused.
+    YAML has no tuples, so a list may stand for one."""
     try:
-        adapter = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+        adapter = TypeAdapter(annotation, config=VALUES)
     except Exception:
         return  # an annotation pydantic cannot express; the target checks it itself
     try:
         adapter.validate_python(value)
     except ValidationError as e:
-        raise ConfigError(_describe(e, prefix=key, value=value)) from None
+        try:
+            adapter.validate_python(_tuples(value))
+        except ValidationError:
+            raise ConfigError(_describe(e, prefix=key, value=value)) from None
+
+
+def _tuples(value):
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 def _describe(e: ValidationError, prefix: str, value) -> str:

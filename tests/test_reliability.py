@@ -43,7 +43,7 @@ BAD = [
     ("tracking.every=0", "tracking.every"),
     ("resume=xyz", "resume"),
     ("resume=0123456789abcdef0123456789abcdef", "resume"),
-    ("optimizer.optimizer.lr=-1", "optimizer.optimizer"),
+    ("optimizer.lr=-1", "optimizer.lr"),
     ("optimizer=pso optimizer.popsize=1", "optimizer.popsize"),
     ("optimizer=pso optimizer.inertia=-1", "optimizer.inertia"),
     ("optimizer=cma optimizer.name=NotAnOptimizer", "optimizer.name"),
@@ -75,7 +75,7 @@ def test_bad_command_line_fails_in_one_line_naming_the_key(tmp_path, line, key):
 
 
 def test_divergence_ends_failed_with_step_and_keeps_history(cli, tmp_path):
-    proc = cli("optimizer=gd", "optimizer.optimizer.lr=50", *TINY, check=False)
+    proc = cli("optimizer=gd", "optimizer.lr=50", *TINY, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     client, (run,) = mlflow_runs(tmp_path)

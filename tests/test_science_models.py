@@ -82,7 +82,7 @@ def test_scipy_and_torch_families_train_every_model(option):
     data = Sines1D(n_points=24)
     for family, opt, dtype in (
         ("scipy", ScipyOptimizer(method="L-BFGS-B"), torch.float64),
-        ("torch", TorchOptimizer(partial(torch.optim.Adam, lr=1e-2)), torch.float32),
+        ("torch", TorchOptimizer("torch.optim.Adam", lr=1e-2), torch.float32),
     ):
         torch.manual_seed(0)
         obj = Objective(build(option, data), data.x, data.y, MSE(), dtype=dtype)

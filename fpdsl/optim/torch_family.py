@@ -1,25 +1,80 @@
-"""torch.optim family: any torch.optim optimizer given as a partial in config."""
+"""torch.optim family: any torch.optim optimizer, its hyperparameters directly under `optimizer`.
+
+    optimizer=adam optimizer.lr=0.01 optimizer.betas=[0.9,0.99]
+
+`algorithm` names the class (a subclass of torch.optim.Optimizer); every other key is one
+of that class's own arguments, checked against its signature before anything runs.
+"""
 from __future__ import annotations
 
-from typing import Any, Literal
+import inspect
+import typing
+from typing import Literal
 
 import torch
 
 from fpdsl.errors import ConfigError
 
+OWN = ("algorithm", "dtype")
+
+
+def optimizer_class(algorithm: str, key: str = "optimizer.algorithm"):
+    from hydra.utils import get_object
+
+    try:
+        cls = get_object(algorithm)
+    except Exception:
+        raise ConfigError(f"{key}: cannot import {algorithm!r}; name a torch.optim class, e.g. torch.optim.Adam") from None
+    if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"{key}: {algorithm!r} is not a torch.optim.Optimizer subclass; e.g. torch.optim.AdamW")
+    return cls
+
 
 class TorchOptimizer:
     family = "torch"
 
-    def __init__(self, optimizer: Any, dtype: Literal["float32", "float64"] = "float32"):
-        self.make = optimizer  # functools.partial(torch.optim.X, lr=...) from Hydra's _partial_
+    def __init__(self, algorithm: str = "torch.optim.Adam", dtype: Literal["float32", "float64"] = "float32",
+                 **hyperparameters):
+        self.cls = optimizer_class(algorithm)
+        self.algorithm = algorithm
+        self.hyper = hyperparameters
         self.dtype = dtype
-        try:  # torch checks its hyper-parameters when built: do it now, before any compute
-            optimizer([torch.zeros(1, requires_grad=True)])
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"optimizer.optimizer: {e}; fix the value under optimizer.optimizer") from None
+        try:  # torch checks its hyperparameters when built: do it now, before any compute
+            self.make([torch.zeros(1, requires_grad=True)])
+        except (ValueError, TypeError, RuntimeError) as e:
+            words = {"learning rate": "lr", "beta": "betas", "epsilon": "eps", "weight_decay": "weight_decay",
+                     "momentum": "momentum", "alpha": "alpha", "dampening": "dampening"}
+            bad = next((k for k in hyperparameters if k in str(e)), None) or next(
+                (k for w, k in words.items() if w in str(e).lower() and k in hyperparameters), None)
+            key = f"optimizer.{bad}" if bad else "optimizer"
+            raise ConfigError(f"{key}: {self.cls.__name__} refused it ({e})") from None
         self._opt = None
         self._resume = None
+
+    @classmethod
+    def config_signature(cls, node: dict):
+        """The keys this node may have, with their annotations: fpdsl's own and those of the
+        chosen torch optimizer's constructor (fpdsl.schema checks a node against these)."""
+        target = optimizer_class(str(node.get("algorithm", "torch.optim.Adam")))
+        own = {k: p for k, p in inspect.signature(cls).parameters.items() if k in OWN}
+        theirs = {k: p for k, p in inspect.signature(target).parameters.items()
+                  if k != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        try:
+            hints = typing.get_type_hints(target.__init__)
+        except Exception:
+            hints = {}
+        hints = {k: v for k, v in hints.items() if k in theirs}
+        hints |= {k: v for k, v in typing.get_type_hints(cls.__init__).items() if k in own}
+        return own | theirs, hints
+
+    def make(self, params):
+        return self.cls(params, **self.hyper)
+
+    @property
+    def lr(self) -> float | None:
+        lr = self.hyper.get("lr", inspect.signature(self.cls).parameters.get("lr", None))
+        lr = getattr(lr, "default", lr)
+        return float(lr) if isinstance(lr, (int, float)) else None
 
     def state(self) -> dict | None:
         """The optimizer's own state (moments, L-BFGS history) for a checkpoint."""
