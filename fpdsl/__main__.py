@@ -57,8 +57,15 @@ def one_line(e: BaseException) -> str:
         reason = (e.message.strip().splitlines() or ["malformed"])[0]
         return f"{e.override}: cannot parse this override ({reason}); write key=value, lists as [a,b], quote special characters"
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        import difflib
+
         group, _, option = str(e.missing_cfg_file).rpartition("/")
-        return f"{group}={option}: no such option; available: {', '.join(sorted(e.options))}"
+        options = sorted(e.options)
+        if len(options) <= 12:
+            return f"{group}={option}: no such option; available: {', '.join(options)}"
+        close = difflib.get_close_matches(option, options, n=3, cutoff=0.4)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        return f"{group}={option}: no such option; {hint}({len(options)} options: fpdsl --help lists them)"
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
         key = m.group(1)

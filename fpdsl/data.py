@@ -64,7 +64,8 @@ class Sines1D(Dataset):
             raise ConfigError(f"dataset.frequencies: {np.abs(f).max():g} is above what {n_points} points on "
                               f"[{lo:g}, {hi:g}] resolve (below {nyquist:.3g}); raise dataset.n_points or lower it")
         x = np.linspace(lo, hi, n_points)
-        y = (a[:, None] * np.sin(f[:, None] * x[None, :] + p[:, None])).sum(0)
+        with np.errstate(all="ignore"):  # an overflow is reported as a non-finite target (fpdsl.limits)
+            y = (a[:, None] * np.sin(f[:, None] * x[None, :] + p[:, None])).sum(0)
         if noise > 0:
             y = y + noise * np.random.default_rng(seed).standard_normal(n_points)
         self.x = x[:, None]

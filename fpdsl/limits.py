@@ -96,9 +96,10 @@ def check_model(cfg, data, dtype, meta_model) -> None:
     key = "model.width" if "width" in cfg.model else "model"
     fix = "lower model.width (or depth)" if key == "model.width" else "choose a smaller model"
     check_bytes(params, key, f"a model of {P:,} parameters", fix)
-    check_bytes(params + acts, key if params > acts else "dataset",
+    wide_model = widest > max(data.x.shape[1], data.y.shape[1])  # the widest layer is the model's own
+    check_bytes(params + acts, key if wide_model else "dataset",
                 f"{P:,} parameters with activations over {n:,} points ({widest:,} wide)",
-                fix if params > acts else "use fewer points (dataset.n_points / n_samples) or a narrower model")
+                fix if wide_model else "use fewer points (dataset.n_points / n_samples) or a narrower model")
     pop = cfg.optimizer.get("popsize")
     if isinstance(pop, int):
         check_bytes(pop * P * b * 6.0 + params, "optimizer.popsize",

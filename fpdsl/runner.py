@@ -182,7 +182,7 @@ def open_store(cfg):
     from fpdsl.store import Store, StoreError
 
     try:
-        store = Store(cfg.tracking.uri, timeout=cfg.tracking.timeout)
+        store = Store(cfg.tracking.uri, timeout=cfg.tracking.timeout, create=not cfg.resume)
     except StoreError as e:
         raise ConfigError(str(e)) from None
     except Exception as e:

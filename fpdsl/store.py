@@ -140,8 +140,11 @@ class StoreError(RuntimeError):
 
 
 class Store:
-    def __init__(self, uri: str, timeout: float = 15.0):
+    def __init__(self, uri: str, timeout: float = 15.0, create: bool = True):
         self.uri = uri
+        db = sqlite_path(uri)
+        if not create and db is not None and not db.exists():
+            raise StoreError(f"resume: there is no store at {db}; point tracking.uri at the store that holds the run")
         self.timeout = timeout
         self.log_root = log_root(uri)
         quiet_mlflow(timeout)
@@ -316,7 +319,16 @@ def _check_writable(db: Path) -> None:
     folder = db.parent
     if not folder.exists():
         raise StoreError(f"tracking.uri: the folder {folder} does not exist; create it or point tracking.uri elsewhere")
-    if db.exists() and not os.access(db, os.W_OK) or not os.access(folder, os.W_OK):
+    writable = os.access(db, os.W_OK) if db.exists() else _can_create(folder)
+    if not writable:
         raise StoreError(f"tracking.uri: {db if db.exists() else folder} is read-only; use a writable place, "
                          "e.g. tracking.uri=sqlite:///$HOME/mlflow.db")
+
+
+def _can_create(folder: Path) -> bool:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fpdsl-probe-"):
+            return True
+    except OSError:
+        return False
 
