@@ -36,6 +36,7 @@ class _State:
         self.depth = 0  # nested deferred() blocks
         self.on_abort: list = []  # callables run before a forced exit
         self.on_first: list = []  # callables run at the first signal (e.g. tell the sweep)
+        self.closing = False  # training is over: the run's final writes are under way
 
 
 STATE = _State()
@@ -55,8 +56,9 @@ def _handler(signum, frame):
     if STATE.count == 1:
         STATE.signum = signum
         STATE.last = now
-        _say(f"{name}: stopping at the end of this step, then writing what was recorded (again: ignored; "
-             f"a third time within {ABORT_SECONDS:g} s: stop at once)")
+        doing = "finishing the run's final writes" if STATE.closing else \
+            "stopping at the end of this step, then writing what was recorded"
+        _say(f"{name}: {doing} (again: ignored; a third time within {ABORT_SECONDS:g} s: stop at once)")
         for fn in list(STATE.on_first):
             _quietly(fn)
         return
@@ -101,7 +103,7 @@ def deferred():
     if main and STATE.depth == 0:
         previous = {s: signal.signal(s, _handler) for s in SIGNALS}
     if STATE.depth == 0:
-        STATE.signum, STATE.count = None, 0
+        STATE.signum, STATE.count, STATE.closing = None, 0, False
     STATE.depth += 1
     try:
         yield STATE

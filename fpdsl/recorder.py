@@ -199,6 +199,7 @@ class Recorder:
         store. Returns (final status, summary text)."""
         if self.bar is not None:
             self.bar.close()
+        interrupt.STATE.closing = True
         t = self.tracker
         train_seconds = time.perf_counter() - self.t_train if self.t_train else 0.0
         summary, trouble = "", None

@@ -75,7 +75,8 @@ def run(cfg: DictConfig) -> str:
             rec.start()
             _collect_garbage_later()
             parts.optimizer.run(parts.objective, rec.remaining, rec.on_step)
-            status = "KILLED" if interrupt.requested() is not None or rec.stopped == "the sweep was interrupted" else "FINISHED"
+            ended = (rec.stopped or "").startswith(("budget", "the loss")) or (rec.stopped is None and interrupt.requested() is None)
+            status = "FINISHED" if ended else "KILLED"
         except Diverged as e:
             error = e
         except Exception as e:
@@ -96,7 +97,8 @@ def run(cfg: DictConfig) -> str:
         raise RunFailed("writing the run's results failed; see the tag fpdsl.error")
     signum = interrupt.requested()
     if signum is not None and not job.get("tags"):
-        raise interrupt.Interrupted(signum, f"at step {rec.step}; run {tracker.run_id} is KILLED")
+        when = "during the run's final writes" if status == "FINISHED" else f"at step {rec.step}"
+        raise interrupt.Interrupted(signum, f"{when}; run {tracker.run_id} is {status}")
     return tracker.run_id
 
 

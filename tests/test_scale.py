@@ -126,29 +126,33 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
+def serve(tmp_path, port):
+    """A real `mlflow server` on 127.0.0.1:port over tmp_path's server.db, answering /health."""
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "a")
     proc = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = serve(tmp_path, port)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-                time.sleep(0.3)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -157,7 +161,6 @@ def mlflow_server(tmp_path):
                 break
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
-        log.close()
 
 
 def test_grid_through_a_tracking_server(tmp_path, mlflow_server):
