@@ -1,0 +1,84 @@
+"""Sweeps that survive: Ctrl-C ends the parent and every child KILLED with their metrics, and
+the same command with the same hydra.sweep.dir resumes the sweep under the same parent."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import mlflow_runs, run_cli
+
+FAST = ["dataset.n_points=64", "model.width=16", "probe.spectrum.every=5", "tracking.every=1",
+        "tracking.per_decade=null", "tracking.images_per_decade=null", "checkpoint.every=50"]
+
+
+def sweep(tmp_path, launcher, steps, **kw):
+    args = ["-m", f"hydra/launcher={launcher}", "seed=0,1,2,3", f"budget.max_steps={steps}",
+            f"hydra.sweep.dir={tmp_path}/multirun", *FAST]
+    if launcher == "joblib":
+        args.append("hydra.launcher.n_jobs=2")
+    return args
+
+
+def parent_and_children(tmp_path):
+    _, runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("fpdsl.role") == "sweep"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    return parents[0], [r for r in runs if r.data.tags.get("fpdsl.role") != "sweep"]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_ctrl_c_kills_the_sweep_then_the_same_command_resumes_it(tmp_path, launcher):
+    args = sweep(tmp_path, launcher, 100000)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1")
+    env.pop("CI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "fpdsl", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while True:  # until a job trains
+        logs = list((tmp_path / "fpdsl-log").glob("*/log")) if (tmp_path / "fpdsl-log").exists() else []
+        if any(p.stat().st_size > 20000 for p in logs):
+            break
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the launcher and its workers
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    client, _ = mlflow_runs(tmp_path)
+    parent, children = parent_and_children(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert children and all(c.info.status == "KILLED" for c in children), [c.info.status for c in children]
+    killed = {c.data.params["seed"]: c.info.run_id for c in children}
+    reached = 0
+    for c in children:  # everything they recorded is there
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "loss")]
+        assert steps == list(range(len(steps))) and len(steps) > 1
+        reached = max(reached, steps[-1])
+    budget = reached + 100
+    # the same command again (with a budget the killed jobs can reach): one parent, every job once
+    run_cli(tmp_path, *sweep(tmp_path, launcher, budget))
+    parent2, children = parent_and_children(tmp_path)
+    assert parent2.info.run_id == parent.info.run_id and parent2.info.status == "FINISHED"
+    assert sorted(c.data.params["seed"] for c in children) == ["0", "1", "2", "3"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        if c.data.params["seed"] in killed:
+            assert c.info.run_id == killed[c.data.params["seed"]] and "fpdsl.resumed_from_step" in c.data.tags
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "loss")]
+        assert steps == list(range(budget + 1)), (c.data.params["seed"], steps[:5], len(steps))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_finished_sweep_run_again_skips_every_job(tmp_path, launcher):
+    args = ["-m", f"hydra/launcher={launcher}", "seed=0,1", "budget.max_steps=20", f"hydra.sweep.dir={tmp_path}/m", *FAST]
+    run_cli(tmp_path, *args)
+    parent, children = parent_and_children(tmp_path)
+    proc = run_cli(tmp_path, *args)
+    parent2, children2 = parent_and_children(tmp_path)
+    assert parent2.info.run_id == parent.info.run_id and parent2.info.status == "FINISHED"
+    assert {c.info.run_id for c in children2} == {c.info.run_id for c in children}
+    assert parent2.data.tags["fpdsl.attempts"] == "2"
+    if launcher == "basic":
+        assert proc.stdout.count("already finished with this config") == 2
