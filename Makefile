@@ -3,11 +3,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test test-all bench ui clean report reproduce
+.PHONY: run test test-slow test-all bench ui clean report reproduce sync
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)            ## the default experiment into sqlite:///mlflow.db
@@ -15,6 +15,9 @@ run: $(STAMP)            ## the default experiment into sqlite:///mlflow.db
 
 test: $(STAMP)           ## the default suite (slow tests deselected); pytest's 5 (no tests) is not a failure
 	$(PY) -m pytest -q -m "not slow" $(ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+
+test-slow: $(STAMP)      ## the slow tests alone (a wheel in a fresh venv, a tracking server restarted, ...)
+	$(PY) -m pytest -q -m slow $(ARGS); rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
@@ -25,6 +28,9 @@ bench: $(STAMP)          ## measured ratios (population engines, scipy threads, 
 
 ui: $(STAMP)             ## MLflow UI on the default store, http://127.0.0.1:5000 (one worker, no job runners)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+sync: $(STAMP)           ## send what runs' write-ahead logs still hold to the default store
+	$(PY) -m fpdsl sync $(ARGS)
 
 report: $(STAMP)         ## comparison report from the default store: reports/<time>/report.md (+ a summary run)
 	$(PY) -m fpdsl.report $(ARGS)

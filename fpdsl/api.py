@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +87,31 @@ class Run:
     @property
     def output(self):
         return self.final.get("output")
+
+    def figure(self, probe: str = "spectrum", title: str | None = None):
+        """The probe's heat map as a matplotlib Figure (fig.savefig("f.pdf", dpi=300): PNG, PDF
+        or SVG at any resolution): Δ_F for spectrum and projection, the normalised amplitude
+        for spectral_amplitude, e_low and e_high for filtering."""
+        from fpdsl import figures
+
+        h = self.history
+        if f"{probe}/steps" not in h:
+            raise KeyError(f"run {self.run_id} has no history of a probe named {probe!r}")
+        steps = h[f"{probe}/steps"]
+        title = title or self.run_id
+        if f"{probe}/peaks" in h:
+            variant = self.tags.get(f"{probe}/delta_variant", "complex")
+            return figures.heatmap(steps, h[f"{probe}/delta_{variant}"], h[f"{probe}/peaks"], title=title,
+                                   cbar_label="Δ_F (clipped to [0.1, 1])")
+        if f"{probe}/amplitude" in h:
+            order = np.argsort(h[f"{probe}/frequencies"])
+            return figures.heatmap(steps, h[f"{probe}/amplitude"][:, order], [f"{f:g}" for f in h[f"{probe}/frequencies"][order]],
+                                   title=title, cbar_label="amplitude", vmin=0.0, vmax=1.0, cmap="viridis")
+        if f"{probe}/e_low" in h:
+            return figures.heatmap_panels(steps, {"e_low": h[f"{probe}/e_low"], "e_high": h[f"{probe}/e_high"]},
+                                          [f"{d:.3g}" for d in h[f"{probe}/deltas"]], title=title,
+                                          cbar_label="relative error", vmin=0.0, vmax=1.0, ylabel="δ")
+        raise KeyError(f"no heat map for probe {probe!r}")
 
 
 def _client(uri):

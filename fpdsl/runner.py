@@ -71,6 +71,7 @@ def run(cfg: DictConfig) -> str:
         rec = Recorder(tracker, parts, cfg, first=ckpt["step"] if ckpt else 0, ckpt=ckpt, skip=skip,
                        sweep_stop=job.get("stop"), say=say)
         status, error = "FAILED", None
+        monitor = _system_metrics(cfg, tracker.run_id)
         try:
             rec.start()
             _collect_garbage_later()
@@ -85,6 +86,8 @@ def run(cfg: DictConfig) -> str:
         finally:
             interrupt.STATE.on_abort.clear()
             interrupt.STATE.on_first.clear()
+            if monitor is not None:
+                monitor.finish()
             status, summary = rec.close(status, error)
     seconds = time.perf_counter() - started
     say(f"{status.lower()} after {rec.step} steps, {parts.objective.n_evals} loss evaluations, "
@@ -327,6 +330,19 @@ def config_hash(params: dict) -> str:
 
     kept = {k: str(v) for k, v in sorted(params.items()) if not k.startswith(RESUMABLE_CHANGES)}
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _system_metrics(cfg, run_id):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where there is one) beside the
+    run's own, every tracking.system_metrics_every seconds, when tracking.system_metrics is on."""
+    if not cfg.tracking.get("system_metrics"):
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.tracking.get("system_metrics_every", 10),
+                                   tracking_uri=cfg.tracking.uri)
+    monitor.start()
+    return monitor
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class Tracking(BaseModel):
     per_decade: Optional[Annotated[int, Field(ge=1, le=1000)]] = None
     images_per_decade: Optional[Annotated[int, Field(ge=1, le=20)]] = None
     timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    system_metrics: bool = False
+    system_metrics_every: Annotated[float, Field(ge=1, le=3600)] = 10.0
 
 
 class Checkpoint(BaseModel):
