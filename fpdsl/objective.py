@@ -96,29 +96,37 @@ class Objective:
         return torch.from_numpy(np.asarray(x, dtype=dtype)).to(self.device)
 
     @torch.no_grad()
-    def population_loss(self, thetas: torch.Tensor) -> torch.Tensor:
-        """Loss of every row of Θ (S, P) in batched calls; returns (S,)."""
+    def population_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None, count: bool = True) -> torch.Tensor:
+        """Loss of every row of Θ (S, P) in batched calls; returns (S,). y: one target per row
+        (S, n, c) instead of the dataset's (several runs' populations in one call, fpdsl.batch);
+        count=False leaves the evaluation count to the caller."""
         thetas = thetas.to(device=self.device, dtype=self.dtype)
         S = thetas.shape[0]
-        self.n_evals += S
+        if count:
+            self.n_evals += S
         chunk = self.chunk or self._auto_chunk
         if S <= chunk:
-            return self._batched_loss(thetas)
+            return self._batched_loss(thetas, y)
         chunk = -(-S // -(-S // chunk))  # the same number of chunks, of equal size
-        return torch.cat([self._batched_loss(thetas[i : i + chunk]) for i in range(0, S, chunk)])
+        return torch.cat([self._batched_loss(thetas[i : i + chunk], None if y is None else y[i : i + chunk])
+                          for i in range(0, S, chunk)])
 
-    def _batched_loss(self, thetas: torch.Tensor) -> torch.Tensor:
+    def batched_forward(self, thetas: torch.Tensor) -> torch.Tensor:
+        """The network at every row of Θ (S, P): (S, n, c), differentiable (fpdsl.batch trains
+        several runs' parameters at once through it)."""
         params = self.unflatten(thetas)
         if self.kernel is not None:
-            return self.loss_fn(self.kernel(params, self.x), self.y)
+            return self.kernel(params, self.x)
         if self._vmap_ok:
             try:
-                h = torch.vmap(lambda p: functional_call(self.model, p, (self.x,)))(params)
-                return self.loss_fn(h, self.y)
+                return torch.vmap(lambda p: functional_call(self.model, p, (self.x,)))(params)
             except Exception:  # an op without a batching rule: fall back to one call per member
                 self._vmap_ok = False
-        rows = [functional_call(self.model, {k: v[i] for k, v in params.items()}, (self.x,)) for i in range(len(thetas))]
-        return self.loss_fn(torch.stack(rows), self.y)
+        return torch.stack([functional_call(self.model, {k: v[i] for k, v in params.items()}, (self.x,))
+                            for i in range(len(thetas))])
+
+    def _batched_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss_fn(self.batched_forward(thetas), self.y if y is None else y)
 
     @cached_property
     def activation_size(self) -> int:

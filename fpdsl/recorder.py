@@ -60,6 +60,7 @@ class Recorder:
         self.previous_ckpt = None  # bytes of the checkpoint before the last one
         self.seconds = {"probes": 0.0}
         self.arrays = {}  # probes' histories for probe_history.npz
+        self.output_dir = _hydra_output_dir()  # the job's folder (its .hydra/ goes to the run's artifacts)
 
     # -- during training -------------------------------------------------------------
     def stop_requested(self) -> bool:
@@ -230,13 +231,12 @@ class Recorder:
             if stop:
                 tags |= {f"optimizer.{k}": v for k, v in stop.items()}
                 if self.stopped is None:
-                    self.say(f"fpdsl: {self.parts.family} stopped before the budget at step {self.step}: {stop.get('message')}")
+                    self.say(f"{self.parts.family} stopped before the budget at step {self.step}: {stop.get('message')}")
             summary = self._finish_probes()
             self._write_arrays()
             self.save_checkpoint()
-            hydra_dir = _hydra_output_dir()
-            if hydra_dir is not None and (hydra_dir / ".hydra").is_dir():
-                t.log_dir(hydra_dir / ".hydra", ".hydra")
+            if self.output_dir is not None and (self.output_dir / ".hydra").is_dir():
+                t.log_dir(self.output_dir / ".hydra", ".hydra")
             t.log_metrics({"tracking_seconds": t.seconds + t.sender.seconds}, self.step)
         except Exception as e:  # an end-of-run write failed: the run cannot be FINISHED
             trouble = f"{type(e).__name__}: {e}"[:5000]
@@ -247,7 +247,7 @@ class Recorder:
         if why and why.startswith("the store refused"):
             status = "FAILED"
         if not confirmed:
-            self.say(f"fpdsl: {why}; the rest waits in {t.log.dir} (the next fpdsl start on this store sends it, "
+            self.say(f"{why}; the rest waits in {t.log.dir} (the next fpdsl start on this store sends it, "
                      f"or `fpdsl sync`)")
         return status, summary
 

@@ -36,62 +36,121 @@ class Parts:
     choices: dict = field(default_factory=dict)  # the option chosen in each config group
     family: str = "?"
     title: str = ""
+    rng: tuple = ()
 
 
 def run(cfg: DictConfig) -> str:
     """One run; returns its MLflow run id."""
+    with interrupt.deferred():
+        member = prepare(cfg)
+        if not isinstance(member, Member):
+            return member  # a sweep's job that an earlier attempt finished, or one the sweep's stop skipped
+        train(member)
+        close(member)
+    return outcome(member)
+
+
+@dataclass
+class Member:
+    """One run in the making: its config, parts, record, and how it ended."""
+    cfg: DictConfig
+    parts: Parts
+    tracker: object
+    rec: Recorder
+    job: dict
+    started: float
+    monitor: object = None
+    status: str = "FAILED"
+    error: BaseException | None = None
+    summary: str = ""
+    abort: object = None
+
+    @property
+    def run_id(self) -> str:
+        return self.tracker.run_id
+
+
+def prepare(cfg: DictConfig):
+    """Checked config, parts, store and the run's record: a Member ready to train (or, for a
+    sweep's job that needs no training, the run id to report). Call inside interrupt.deferred()."""
     started = time.perf_counter()
     conf = check(cfg)
-    with interrupt.deferred():
-        if cfg.resume:
-            store = open_store(cfg)
-            ckpt, skip = load_checkpoint(store, cfg.resume, conf)
+    if cfg.resume:
+        store = open_store(cfg)
+        ckpt, skip = load_checkpoint(store, cfg.resume, conf)
+        parts = build(cfg, conf, ckpt)
+        tracker = resume_run(store, cfg, parts, ckpt)
+        job = {}
+    else:
+        ckpt, skip = None, {}
+        parts = build(cfg, conf)
+        store = open_store(cfg)
+        job = sweep_job(store, cfg, parts)
+        if job.get("interrupted"):
+            say(f"job {job['job']}: not started, the sweep was interrupted")
+            return ""
+        if job.get("skip"):
+            say(f"job {job['job']}: run {job['skip']} already finished with this config; skipped")
+            return job["skip"]
+        if job.get("resume"):
+            ckpt, skip = load_checkpoint(store, job["resume"], conf)
             parts = build(cfg, conf, ckpt)
-            tracker = resume_run(store, cfg, parts, ckpt)
-            job = {}
+            tracker = resume_run(store, cfg, parts, ckpt, run_id=job["resume"])
         else:
-            ckpt, skip = None, {}
-            parts = build(cfg, conf)
-            store = open_store(cfg)
-            job = sweep_job(store, cfg, parts)
-            if job.get("interrupted"):
-                say(f"job {job['job']}: not started, the sweep was interrupted")
-                return ""
-            if job.get("skip"):
-                say(f"job {job['job']}: run {job['skip']} already finished with this config; skipped")
-                return job["skip"]
-            if job.get("resume"):
-                ckpt, skip = load_checkpoint(store, job["resume"], conf)
-                parts = build(cfg, conf, ckpt)
-                tracker = resume_run(store, cfg, parts, ckpt, run_id=job["resume"])
-            else:
-                tracker = start_run(store, cfg, parts, job.get("tags", {}))
-        say(f"run {tracker.run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')")
-        interrupt.STATE.on_abort.append(lambda: tracker.abort("KILLED", "stopped at once by a third signal"))
-        rec = Recorder(tracker, parts, cfg, first=ckpt["step"] if ckpt else 0, ckpt=ckpt, skip=skip,
-                       sweep_stop=job.get("stop"), say=say)
-        status, error = "FAILED", None
-        monitor = _system_metrics(cfg, tracker.run_id)
-        try:
-            rec.start()
-            _collect_garbage_later()
+            tracker = start_run(store, cfg, parts, job.get("tags", {}))
+    say(f"run {tracker.run_id} → {cfg.tracking.uri} (experiment '{cfg.tracking.experiment}')")
+    rec = Recorder(tracker, parts, cfg, first=ckpt["step"] if ckpt else 0, ckpt=ckpt, skip=skip,
+                   sweep_stop=job.get("stop"), say=say)
+    member = Member(cfg, parts, tracker, rec, job, started)
+    member.abort = lambda: tracker.abort("KILLED", "stopped at once by a third signal")
+    interrupt.STATE.on_abort.append(member.abort)
+    member.monitor = _system_metrics(cfg, tracker.run_id)
+    return member
+
+
+def train(member: Member, drive=None) -> None:
+    """The optimizer's loop (or `drive`, a batched one that trains several members at once);
+    sets the member's status and error."""
+    rec, parts = member.rec, member.parts
+    try:
+        rec.start()
+        _collect_garbage_later()
+        if drive is None:
             parts.optimizer.run(parts.objective, rec.remaining, rec.on_step)
-            ended = (rec.stopped or "").startswith(("budget", "the loss")) or (rec.stopped is None and interrupt.requested() is None)
-            status = "FINISHED" if ended else "KILLED"
-        except Diverged as e:
-            error = e
-        except Exception as e:
-            error = e
-            log.exception("the run failed")
-        finally:
-            interrupt.STATE.on_abort.clear()
-            interrupt.STATE.on_first.clear()
-            if monitor is not None:
-                monitor.finish()
-            status, summary = rec.close(status, error)
-    seconds = time.perf_counter() - started
-    say(f"{status.lower()} after {rec.step} steps, {parts.objective.n_evals} loss evaluations, "
-        f"loss {rec.loss:.3e}, {seconds:.1f}s{summary}")
+        else:
+            drive()
+        ended(member)
+    except Exception as e:
+        fail(member, e)
+
+
+def ended(member: Member) -> None:
+    rec = member.rec
+    done = (rec.stopped or "").startswith(("budget", "the loss")) or (rec.stopped is None and interrupt.requested() is None)
+    member.status = "FINISHED" if done else "KILLED"
+
+
+def fail(member: Member, e: BaseException) -> None:
+    member.status, member.error = "FAILED", e
+    if not isinstance(e, Diverged):
+        log.exception("the run failed", exc_info=e)
+
+
+def close(member: Member) -> None:
+    """Every end-of-run write, then the status."""
+    if member.abort in interrupt.STATE.on_abort:
+        interrupt.STATE.on_abort.remove(member.abort)
+    if member.monitor is not None:
+        member.monitor.finish()
+    member.status, member.summary = member.rec.close(member.status, member.error)
+
+
+def outcome(member: Member) -> str:
+    """Say how the run ended; its run id, or the exception that tells the command line."""
+    rec, status, error = member.rec, member.status, member.error
+    seconds = time.perf_counter() - member.started
+    say(f"{status.lower()} after {rec.step} steps, {member.parts.objective.n_evals} loss evaluations, "
+        f"loss {rec.loss:.3e}, {seconds:.1f}s{member.summary}")
     if isinstance(error, Diverged):
         raise error
     if error is not None:
@@ -99,10 +158,10 @@ def run(cfg: DictConfig) -> str:
     if status == "FAILED":
         raise RunFailed("writing the run's results failed; see the tag fpdsl.error")
     signum = interrupt.requested()
-    if signum is not None and not job.get("tags"):
+    if signum is not None and not member.job.get("tags"):
         when = "during the run's final writes" if status == "FINISHED" else f"at step {rec.step}"
-        raise interrupt.Interrupted(signum, f"{when}; run {tracker.run_id} is {status}")
-    return tracker.run_id
+        raise interrupt.Interrupted(signum, f"{when}; run {member.run_id} is {status}")
+    return member.run_id
 
 
 class RunFailed(RuntimeError):
@@ -155,6 +214,7 @@ def build(cfg: DictConfig, conf: dict, ckpt: dict | None = None) -> Parts:
     model = _model(cfg, data)
     loss_fn = _instantiate(cfg.loss, data=data) if "data" in _params(cfg.loss) else _instantiate(cfg.loss)
     objective = Objective(model, data.x, data.y, loss_fn, dtype=dtype, device=cfg.device)
+    objective.seed = cfg.seed  # the population engines' own generators start from it
     probes = {name: _instantiate(node, data=data, name=name) for name, node in (cfg.probe or {}).items()}
     choices = _choices()
     parts = Parts(data, model, loss_fn, optimizer, objective, probes, params=_flatten(conf), choices=choices,
@@ -169,6 +229,7 @@ def build(cfg: DictConfig, conf: dict, ckpt: dict | None = None) -> Parts:
         np.random.set_state(tuple(ckpt["numpy_rng"]))
         if ckpt.get("optimizer") is not None and hasattr(optimizer, "load_state"):
             optimizer.load_state(ckpt["optimizer"])
+    parts.rng = (torch.get_rng_state(), np.random.get_state())  # where training starts (restored by fpdsl.batch)
     return parts
 
 

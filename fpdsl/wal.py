@@ -60,6 +60,9 @@ TRANSIENT = (
     "502",
     "504",
     "Name or service not known",
+    # two jobs logging the same dataset at once: MLflow's insert races; again, it finds the row
+    "UNIQUE constraint failed: datasets",
+    "duplicate key value violates unique constraint",
 )
 
 

@@ -215,8 +215,8 @@ class SameDraws(population._Random):
     pools, so both update paths see the same numbers: raw16 and uniform (raw·2⁻¹⁶) share
     one pool, randint and indices one per range. Normals stay torch's, seeded as in a run."""
 
-    def __init__(self, device):
-        super().__init__(device)
+    def __init__(self, device, seed=None):
+        super().__init__(device, seed)
         rng = np.random.default_rng(0)
         self.pools = {"raw": iter(rng.integers(0, 2**16, 1 << 20, dtype=np.uint16))}
         self.rng = rng

@@ -37,8 +37,8 @@ class _Random:
     BLOCK = 1 << 17  # numbers per draw of raw bits, at most (256 KB); at least one generation's
     GENERATIONS = 32  # generations per draw, at most
 
-    def __init__(self, device):
-        seed = int(torch.initial_seed())
+    def __init__(self, device, seed: int | None = None):
+        seed = int(torch.initial_seed()) if seed is None else int(seed)
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
@@ -69,6 +69,17 @@ class _Random:
             yield from self.randint(0, high, (self.generations(shape), *shape)).numpy()
 
 
+def drive(search, evaluate):
+    """Run an engine's search generator, evaluating each population it yields with evaluate
+    (a batched loss); returns the engine's best θ. fpdsl.batch drives several at once."""
+    try:
+        x = next(search)
+        while True:
+            x = search.send(evaluate(x))
+    except StopIteration as done:
+        return done.value
+
+
 def _fused(device: torch.device) -> bool:
     """Whether the engines' update runs as fpdsl.optim.kernels (CPU) or as torch calls."""
     return device.type == "cpu"
@@ -89,17 +100,19 @@ class _Population:
         noise[0] = 0
         return noise.mul_(spread).add_(theta0)
 
-    def evaluate(self, x: torch.Tensor, nan_as_inf: bool = True) -> torch.Tensor:
-        """Losses of the rows of x, (S,); rows past the budget are not evaluated and get +inf.
-        nan_as_inf=False leaves NaN for a caller whose comparisons already reject it."""
+    def evaluate(self, x: torch.Tensor, nan_as_inf: bool = True):
+        """Losses of the rows of x, (S,), as a generator step: it yields the rows to evaluate
+        and receives their losses (`yield from pop.evaluate(x)`); rows past the budget are not
+        evaluated and get +inf. nan_as_inf=False leaves NaN for a caller whose comparisons
+        already reject it."""
         S = x.shape[0]
         if self.left is not None and self.left < S:
             f = torch.full((S,), math.inf, device=x.device, dtype=x.dtype)
             if self.left > 0:
-                f[: self.left] = self.objective.population_loss(x[: self.left])
+                f[: self.left] = yield x[: self.left]
             self.left = 0
         else:
-            f = self.objective.population_loss(x)
+            f = yield x
             if self.left is not None:
                 self.left -= S
         return f.nan_to_num_(nan=math.inf) if nan_as_inf else f
@@ -145,19 +158,22 @@ class PSO:
         self.popsize, self.w, self.c1, self.c2 = popsize, inertia, cognitive, social
         self.init_spread, self.vmax, self.dtype = init_spread, max_velocity, dtype
 
-    @torch.no_grad()
     def run(self, objective, budget, on_step):
+        return drive(self.search(objective, budget, on_step), objective.population_loss)
+
+    @torch.no_grad()
+    def search(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
-        rand = _Random(objective.theta0.device)
+        rand = _Random(objective.theta0.device, getattr(objective, "seed", None))
         x = pop.initial(self.popsize, self.init_spread, rand)
-        f = pop.evaluate(x)
+        f = yield from pop.evaluate(x)
         pbest, pf = x.clone(), f.clone()
         pop.track(x, f)
         v = torch.zeros_like(x)
         move, keep = (self._kernels if _fused(x.device) else self._torch)(pop, rand, x, v, pbest, pf)
         while not pop.report():
             move()
-            f = pop.evaluate(x, nan_as_inf=False)
+            f = yield from pop.evaluate(x, nan_as_inf=False)
             pop.track(pbest, pf, keep(f))
         return pop.best_x
 
@@ -223,16 +239,19 @@ class DE:
         self.popsize, self.strategy, self.F, self.CR = popsize, strategy, differential_weight, crossover
         self.init_spread, self.dtype = init_spread, dtype
 
-    @torch.no_grad()
     def run(self, objective, budget, on_step):
+        return drive(self.search(objective, budget, on_step), objective.population_loss)
+
+    @torch.no_grad()
+    def search(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
-        rand = _Random(objective.theta0.device)
+        rand = _Random(objective.theta0.device, getattr(objective, "seed", None))
         x = pop.initial(self.popsize, self.init_spread, rand)
-        f = pop.evaluate(x)
+        f = yield from pop.evaluate(x)
         pop.track(x, f)
         trial, select = (self._kernels if _fused(x.device) else self._torch)(pop, rand, x, f)
         while not pop.report():
-            ft = pop.evaluate(trial(), nan_as_inf=False)
+            ft = yield from pop.evaluate(trial(), nan_as_inf=False)
             pop.track(x, f, select(ft))
         return pop.best_x
 
@@ -322,11 +341,14 @@ class SNES:
         self.popsize, self.init_spread, self.lr_mean, self.lr_sigma = popsize, init_spread, lr_mean, lr_sigma
         self.mirrored, self.dtype = mirrored, dtype
 
-    @torch.no_grad()
     def run(self, objective, budget, on_step):
+        return drive(self.search(objective, budget, on_step), objective.population_loss)
+
+    @torch.no_grad()
+    def search(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
         theta0 = objective.theta0
-        rand = _Random(theta0.device)
+        rand = _Random(theta0.device, getattr(objective, "seed", None))
         S, P = self.popsize, theta0.numel()
         lr_sigma = self.lr_sigma or (3 + math.log(P)) / (5 * math.sqrt(P))
         rank = torch.arange(1, S + 1, device=theta0.device, dtype=theta0.dtype)
@@ -350,7 +372,7 @@ class SNES:
             else:
                 torch.neg(z[half : 2 * half], out=z[:half])
                 torch.addcmul(mu, sigma, z, out=x)
-            f = pop.evaluate(x)
+            f = yield from pop.evaluate(x)
             if fused:  # numpy sorts S numbers in a tenth of torch's call on CPU
                 order = f.numpy().argsort()
                 pop.track(x, f, int(order[0]))

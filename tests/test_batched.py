@@ -1,0 +1,95 @@
+"""hydra/launcher=batched: a sweep's jobs trained as few vectorised runs, each member its own
+MLflow run equal to the run it would be on its own."""
+import numpy as np
+import pytest
+
+from conftest import mlflow_runs, run_cli
+from test_reliability import run_in_process
+
+SMALL = ["dataset.n_points=64", "model.width=16", "probe.spectrum.every=5", "tracking.every=1",
+         "tracking.per_decade=null", "tracking.images_per_decade=null", "checkpoint.every=null"]
+FAMILIES = {  # optimizer → budget.max_steps (scipy, nevergrad and L-BFGS run one after another)
+    "adam": 200, "gd": 200, "rmsprop": 150, "pso": 60, "de": 60, "snes": 60, "lbfgsb": 40, "oneplusone": 40, "lbfgs": 20,
+}
+
+
+def children(tmp_path):
+    client, runs = mlflow_runs(tmp_path)
+    return client, {(r.data.tags["fpdsl.optimizer"], r.data.params["seed"]): r
+                    for r in runs if r.data.tags.get("fpdsl.role") != "sweep"}
+
+
+@pytest.mark.parametrize("optimizer", FAMILIES)
+def test_each_member_equals_its_separate_run(tmp_path, optimizer):
+    steps = FAMILIES[optimizer]
+    common = [f"optimizer={optimizer}", f"budget.max_steps={steps}", *SMALL]
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=batched", "seed=0,1,2", *common)
+    together = optimizer not in ("lbfgsb", "oneplusone", "lbfgs")
+    assert ("trained together" in proc.stdout) == together, proc.stdout[-2000:]
+    client, runs = children(tmp_path)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs.values())
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    run_in_process(alone, *common, "seed=1")
+    c2, (single,) = mlflow_runs(alone)
+    member = runs[(optimizer, "1")]
+    a = np.array([m.value for m in client.get_metric_history(member.info.run_id, "loss")])
+    b = np.array([m.value for m in c2.get_metric_history(single.info.run_id, "loss")])
+    assert len(a) == len(b) == steps + 1
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+    assert member.data.metrics["final_loss"] == pytest.approx(single.data.metrics["final_loss"], rel=1e-3)
+    assert member.data.metrics["final_n_evals"] == single.data.metrics["final_n_evals"]
+    for key in ("spectrum/n_converged", "spectrum/fp_order_halving"):
+        assert member.data.metrics[key] == pytest.approx(single.data.metrics[key], nan_ok=True)
+    arts = {x.path for x in client.list_artifacts(member.info.run_id)}
+    assert {"figures", "final.npz", "probe_history.npz", "checkpoint", "config.yaml", ".hydra"} <= arts
+
+
+def test_different_learning_rates_batch_and_a_diverging_member_fails_alone(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=batched", "optimizer=gd", "optimizer.lr=0.01,0.02,80", "seed=0",
+                   "budget.max_steps=100", *SMALL, check=False)
+    assert proc.returncode == 1 and "trained together" in proc.stdout
+    client, runs = mlflow_runs(tmp_path)
+    jobs = {r.data.params["optimizer.lr"]: r for r in runs if r.data.tags.get("fpdsl.role") != "sweep"}
+    assert jobs["80"].info.status == "FAILED" and "fpdsl.diverged_step" in jobs["80"].data.tags
+    for lr in ("0.01", "0.02"):
+        assert jobs[lr].info.status == "FINISHED" and len(client.get_metric_history(jobs[lr].info.run_id, "loss")) == 101
+    single = tmp_path / "alone"
+    single.mkdir()
+    run_in_process(single, "optimizer=gd", "optimizer.lr=0.02", "seed=0", "budget.max_steps=100", *SMALL)
+    _, (s,) = mlflow_runs(single)
+    assert jobs["0.02"].data.metrics["final_loss"] == pytest.approx(s.data.metrics["final_loss"], rel=1e-3)
+
+
+def test_a_job_with_bad_input_fails_alone(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=batched", "model.width=0,16", "seed=0,1", "budget.max_steps=20",
+                   *[o for o in SMALL if not o.startswith("model.width")], check=False)
+    assert proc.returncode == 2 and "model.width" in proc.stderr and "Traceback" not in proc.stderr
+    _, runs = mlflow_runs(tmp_path)
+    jobs = [r for r in runs if r.data.tags.get("fpdsl.role") != "sweep"]
+    assert sorted((r.data.params["model.width"], r.info.status) for r in jobs) == [("16", "FINISHED")] * 2
+
+
+def test_a_batched_member_resumes_exactly(tmp_path):
+    base = ["-m", "hydra/launcher=batched", "optimizer=adam", "seed=0,1", "checkpoint.every=10",
+            f"hydra.sweep.dir={tmp_path}/sweep", *[o for o in SMALL if not o.startswith("checkpoint")]]
+    run_cli(tmp_path, *base, "budget.max_steps=30")
+    run_cli(tmp_path, *base, "budget.max_steps=60")  # the same sweep with a larger budget: continues each run
+    client, runs = children(tmp_path)
+    assert len(runs) == 2
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    run_in_process(straight, "optimizer=adam", "seed=1", "budget.max_steps=60", *SMALL)
+    c2, (s,) = mlflow_runs(straight)
+    a = [m.value for m in client.get_metric_history(runs[("adam", "1")].info.run_id, "loss")]
+    b = [m.value for m in c2.get_metric_history(s.info.run_id, "loss")]
+    assert len(a) == 61 and "fpdsl.resumed_from_step" in runs[("adam", "1")].data.tags
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_forked_workers_share_the_jobs(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "optimizer=adam,pso", "seed=0,1",
+                   "budget.max_steps=30", *SMALL)
+    _, runs = children(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs.values())
+    assert proc.stdout.count("trained together") == 2
