@@ -25,7 +25,10 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, where: str = ""):
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name}{' ' + where if where else ''}")
-        self.signum = signum
+        self.signum, self.where = signum, where
+
+    def __reduce__(self):  # a joblib worker hands it back to the launcher pickled
+        return type(self), (self.signum, self.where)
 
 
 class _State:

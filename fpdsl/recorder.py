@@ -24,6 +24,9 @@ class Diverged(RuntimeError):
         super().__init__(f"loss became {loss} at step {step}; lower the learning rate or the init scale")
         self.step, self.loss = step, loss
 
+    def __reduce__(self):  # a joblib worker hands it back to the launcher pickled
+        return type(self), (self.step, self.loss)
+
 
 class Recorder:
     def __init__(self, tracker, parts, cfg, first: int = 0, ckpt: dict | None = None, skip: dict | None = None,
