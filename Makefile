@@ -36,7 +36,7 @@ report: $(STAMP)         ## comparison report from the default store: reports/<t
 	$(PY) -m fpdsl.report $(ARGS)
 
 # every seed experiment over SEEDS seeds, then the report (and the README's table); one sweep (parent run) per group
-GROUPS := fprinciple highdim spectral_bias remove_bias condensation
+GROUPS := fprinciple highdim spectral_bias remove_bias condensation ntk
 SEEDS ?= 5
 LAUNCHER ?= joblib
 reproduce: $(STAMP)      ## every seed experiment (conf/experiment/) over 5 seeds, then reports/reproduce/report.md and the README table

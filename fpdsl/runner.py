@@ -215,7 +215,8 @@ def build(cfg: DictConfig, conf: dict, ckpt: dict | None = None) -> Parts:
     loss_fn = _instantiate(cfg.loss, data=data) if "data" in _params(cfg.loss) else _instantiate(cfg.loss)
     objective = Objective(model, data.x, data.y, loss_fn, dtype=dtype, device=cfg.device)
     objective.seed = cfg.seed  # the population engines' own generators start from it
-    probes = {name: _instantiate(node, data=data, name=name) for name, node in (cfg.probe or {}).items()}
+    probes = {name: _instantiate(node, data=data, name=name, **({"optimizer": optimizer} if "optimizer" in _params(node) else {}))
+              for name, node in (cfg.probe or {}).items()}
     choices = _choices()
     parts = Parts(data, model, loss_fn, optimizer, objective, probes, params=_flatten(conf), choices=choices,
                   family=getattr(optimizer, "family", type(optimizer).__name__))

@@ -16,7 +16,7 @@ from fpdsl.errors import ConfigError
 
 GROUPS = ("dataset", "model", "loss", "optimizer")
 # arguments the runner supplies at instantiate time, never written in config
-RUNTIME_ARGS = {"model": {"in_dim", "out_dim"}, "loss": {"data"}, "probe": {"data", "name"}}
+RUNTIME_ARGS = {"model": {"in_dim", "out_dim"}, "loss": {"data"}, "probe": {"data", "name", "optimizer"}}
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 

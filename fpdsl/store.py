@@ -163,7 +163,7 @@ class Store:
             _check_writable(db)
             with store_init_lock(db):  # whoever finds no schema creates it while the others wait
                 if not _has_schema(db):
-                    retrying(MlflowClient, tracking_uri=uri)
+                    _create_sqlite(db, uri)
         client = RetryingClient(retrying(MlflowClient, tracking_uri=uri))
         if uri.startswith(("http://", "https://")):
             try:  # the server answers /health; does it answer a real call in time?
@@ -300,6 +300,51 @@ def _why_gone(tags) -> str:
     if tags.get("fpdsl.host") != HOST:
         return f"no heartbeat from {tags.get('fpdsl.host')} for more than {STALE_SECONDS:g} s"
     return f"process {tags.get('fpdsl.pid')} on {HOST} is gone"
+
+
+def _template() -> Path:
+    import mlflow
+
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fpdsl"
+    return base / f"empty-store-mlflow-{mlflow.__version__}.db"
+
+
+def _create_sqlite(db: Path, uri: str) -> None:
+    """A new SQLite store. MLflow builds its schema by running its migrations, about 1.5 s; the
+    first store made on a machine is copied, still empty, as a template for this MLflow
+    version, and later stores start as copies of it (its Default experiment's artifact
+    location set as MLflow sets it: ./mlruns/0 of the current folder)."""
+    import shutil
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    template = _template()
+    if _has_schema(template):
+        from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+        try:
+            shutil.copyfile(template, tmp)
+            with sqlite3.connect(tmp) as con:
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                            (append_to_uri_path(resolve_uri_if_local("./mlruns"), "0"),))
+            con.close()
+            os.replace(tmp, db)
+            return
+        except (OSError, sqlite3.Error):
+            tmp.unlink(missing_ok=True)
+    retrying(MlflowClient, tracking_uri=uri)
+    try:  # keep the empty store for next time
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}.new")
+        with sqlite3.connect(db) as src, sqlite3.connect(tmp) as dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
+        os.replace(tmp, template)
+    except (OSError, sqlite3.Error):
+        pass
 
 
 def _check_server(uri: str, timeout: float) -> None:

@@ -1,4 +1,4 @@
-"""The measures of SCIENCE.md §1.3–2 against cases with a known answer."""
+"""The measures of docs/science.md §3–4 against cases with a known answer."""
 import math
 
 import numpy as np

@@ -15,6 +15,7 @@ import numpy as np
 
 from fpdsl.probes.condensation import Condensation
 from fpdsl.probes.filtering import Filtering
+from fpdsl.probes.ntk import NTK
 from fpdsl.probes.projection import Projection
 from fpdsl.probes.spectral_amplitude import SpectralAmplitude
 from fpdsl.probes.spectrum import Spectrum
@@ -44,4 +45,4 @@ class StepView:
         return {k: v.detach() for k, v in self.objective.unflatten(self.theta).items()}
 
 
-__all__ = ["Condensation", "Filtering", "ProbeResult", "Projection", "SpectralAmplitude", "Spectrum", "StepView"]
+__all__ = ["Condensation", "Filtering", "NTK", "ProbeResult", "Projection", "SpectralAmplitude", "Spectrum", "StepView"]
