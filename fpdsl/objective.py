@@ -21,10 +21,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-# memory one population chunk's (S, n, width) hidden state may take. On CPU the batched
-# forward pass is bound by memory traffic: a chunk that stays in cache ran 1.3-1.4× faster
-# than one 32 MB pass (width 200, population 200; benchmarks/). On GPU bigger is better.
-CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
+from fpdsl import tuning
+
+# memory one population chunk's (S, n, width) hidden state may take on GPU (bigger is better
+# there); on CPU the chunk is part of the kernel's variant, measured per machine (fpdsl.tuning)
+GPU_CHUNK_BYTES = 512 << 20
 
 
 class Objective:
@@ -41,7 +42,8 @@ class Objective:
         self.sizes = [p.numel() for _, p in named]
         self.theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
         self.n_params = self.theta0.numel()
-        self.chunk = chunk  # population members per batched call; None: sized by CHUNK_BYTES
+        self.chunk = chunk  # population members per batched call; None: sized by the variant's chunk_bytes
+        self.variant = None  # the batched kernel's variant (fpdsl.tuning), chosen at the first population call
         self.n_evals = 0
         self.kernel = _MLPKernel.of(self.model)  # None unless the model is a plain MLP
         self._vmap_ok = True
@@ -66,7 +68,7 @@ class Objective:
             if theta.dim() == 1:
                 return self.kernel.single(self.unflatten(theta), x)
             lead = theta.shape[:-1]
-            out = self.kernel(self.unflatten(theta.reshape(-1, self.n_params)), x)
+            out = self.kernel(self.unflatten(theta.reshape(-1, self.n_params)), x, fold=(self.variant or tuning.DEFAULT).fold)
             return out.reshape(*lead, *out.shape[1:])
         if theta.dim() > 1:
             return torch.vmap(lambda p: functional_call(self.model, p, (x,)))(self.unflatten(theta))
@@ -104,6 +106,8 @@ class Objective:
         S = thetas.shape[0]
         if count:
             self.n_evals += S
+        if self.variant is None:
+            self.variant = self._choose_variant(thetas)
         chunk = self.chunk or self._auto_chunk
         if S <= chunk:
             return self._batched_loss(thetas, y)
@@ -116,7 +120,7 @@ class Objective:
         several runs' parameters at once through it)."""
         params = self.unflatten(thetas)
         if self.kernel is not None:
-            return self.kernel(params, self.x)
+            return self.kernel(params, self.x, fold=(self.variant or tuning.DEFAULT).fold)
         if self._vmap_ok:
             try:
                 return torch.vmap(lambda p: functional_call(self.model, p, (self.x,)))(params)
@@ -135,10 +139,16 @@ class Objective:
         widest = max([self.x.shape[-1], self.y.shape[-1]] + [max(s) for s in self.shapes if len(s)])
         return self.x.shape[0] * widest
 
-    @cached_property
+    @property
     def _auto_chunk(self) -> int:
         per_member = self.activation_size * self.x.element_size()
-        return max(1, CHUNK_BYTES.get(self.device.type, CHUNK_BYTES["cuda"]) // max(per_member, 1))
+        budget = self.variant.chunk_bytes if self.device.type == "cpu" else GPU_CHUNK_BYTES
+        return max(1, budget // max(per_member, 1))
+
+    def _choose_variant(self, thetas):
+        if self.kernel is None or self.device.type != "cpu" or len(thetas) < 2:
+            return tuning.DEFAULT
+        return tuning.choose(self, thetas)
 
     @torch.no_grad()
     def output(self, theta: torch.Tensor, x: torch.Tensor | None = None) -> np.ndarray:
@@ -175,10 +185,11 @@ class _MLPKernel:
     """Linear (activation Linear)* evaluated for a whole population with batched matrix products.
 
     h (S, n, d) per member; weights (S, out, in). Hidden states are written once and
-    activated in place. tanh is computed as 2σ(2z) − 1 (torch's sigmoid is about 2.5×
-    faster than its tanh on CPU): the 2 scales the layer's own product, and the affine
-    2s − 1 is folded into the next layer's weights and bias, so nothing extra touches
-    the (S, n, width) hidden states.
+    activated in place. With fold=True tanh is computed as 2σ(2z) − 1 (on some CPUs torch's
+    sigmoid is about 2.5× faster than its tanh; on others its tanh wins: fpdsl.tuning
+    measures which): the 2 scales the layer's own product, and the affine 2s − 1 is folded
+    into the next layer's weights and bias, so nothing extra touches the (S, n, width)
+    hidden states.
     """
 
     INPLACE = {"relu": torch.Tensor.relu_, "sigmoid": torch.Tensor.sigmoid_, "sin": torch.Tensor.sin_}
@@ -234,7 +245,7 @@ class _MLPKernel:
                 h = self.act_forwards[i](h)
         return h
 
-    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, fold: bool = True) -> torch.Tensor:
         inplace = not torch.is_grad_enabled()
         h = None  # None: the input x, shared by every member
         pending = None  # (a, c): the last activation's true output is a·h + c (tanh via sigmoid)
@@ -248,13 +259,15 @@ class _MLPKernel:
             else:
                 a = 1.0
             act = self.acts[i] if i < len(self.acts) else None
-            s = 2.0 if act == "tanh" else 1.0  # tanh(z) = 2σ(2z) − 1
+            s = 2.0 if act == "tanh" and fold else 1.0  # tanh(z) = 2σ(2z) − 1
             out = self._buffer(i % 2, (Wt.shape[0], x.shape[0], Wt.shape[-1]), x) if inplace and act else None
             h = self._affine(h, x, Wt, b, a * s, s, out)
             pending = None
-            if act == "tanh":
+            if act == "tanh" and fold:
                 h = h.sigmoid_() if inplace else h.sigmoid()
                 pending = (2.0, -1.0)
+            elif act == "tanh":
+                h = h.tanh_() if inplace else h.tanh()
             elif isinstance(act, str):
                 h = self.INPLACE[act](h) if inplace else getattr(torch, act)(h)
             elif act is not None:

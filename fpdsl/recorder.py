@@ -138,6 +138,8 @@ class Recorder:
         view = StepView(self.parts.objective, theta)
         for name in due:
             values = {f"{name}/{k}": v for k, v in self.probes[name].observe(step, view).items()}
+            if not values:  # an observation kept only in the probe's history (ntk between kernels)
+                continue
             self.latest[name] = (step, values, n_evals)
             if force or self.mlflow(step) or step - self.sent[name] >= self.cfg.tracking.every:
                 self.sent[name] = step
@@ -245,6 +247,9 @@ class Recorder:
             trouble = f"{type(e).__name__}: {e}"[:5000]
             tags["fpdsl.error"] = f"writing the run's results failed: {trouble}"
             status = "FAILED"
+        variant = getattr(self.parts.objective, "variant", None)
+        if variant is not None:
+            tags["fpdsl.kernel"] = variant.name  # the batched forward's variant on this machine (fpdsl.tuning)
         t.set_tags(tags | {"fpdsl.tracking_seconds": f"{t.seconds:.4f}"})
         confirmed, why = t.close(status, self.cfg.tracking.timeout)
         if why and why.startswith("the store refused"):

@@ -176,7 +176,7 @@ def group_rows(g) -> list[str]:
             conv = _converge_summary(runs, probe)
             rows.append(
                 f"| {g['name']} | {probe} | {counts([t.get(f'{probe}/fp_verdict', '?') for t in ts])} | "
-                f"{fmt_ci([m.get(f'{probe}/n_converged') for m in ms], '.1f')} / {int(ms[0].get(f'{probe}/n_freqs', 0) or 0)} | "
+                f"{_evidence_count(ms, probe)} | "
                 f"{fmt_ci([m.get(f'{probe}/fp_order') for m in ms])} | {fmt_ci([m.get(f'{probe}/fp_order_halving') for m in ms])} | "
                 f"{counts([t.get(f'{probe}/bias_verdict', '—') for t in ts])} | {conv} | {fmt_ci(losses, '.2e')} | {n} |"
             )
@@ -191,18 +191,31 @@ def group_rows(g) -> list[str]:
                 f"steps {fmt_ci([m.get('steps') for m in ms], '.0f')} | {fmt_ci(losses, '.2e')} | {n} |"
             )
         elif probe == "ntk":
+            kinds = counts(["exact" if m.get("ntk/exact") == 1.0 else "reference" for m in ms])
             rows.append(
-                f"| {g['name']} | ntk | agreement {fmt_ci([m.get('ntk/agreement') for m in ms], '.2f')} | "
-                f"drift {fmt_ci([m.get('ntk/final_drift') for m in ms], '.3f')} | "
-                f"predicted holds {counts([t.get('ntk/predicted_verdict', '?') for t in ts])} | | | | "
-                f"{fmt_ci(losses, '.2e')} | {n} |"
+                f"| {g['name']} | ntk | {counts([t.get('ntk/verdict', '?') for t in ts])} | "
+                f"agreement {fmt_ci([m.get('ntk/agreement') for m in ms], '.2f')} (GD prediction: {kinds}) | "
+                f"predicted: {counts([t.get('ntk/predicted_verdict', '?') for t in ts])} | "
+                f"gradient flow {fmt_ci([m.get('ntk/agreement_flow') for m in ms], '.2f')} | "
+                f"kernel drift {fmt_ci([m.get('ntk/final_drift') for m in ms], '.3f')} | "
+                f"{_converge_summary(runs, 'ntk', 'predicted_converge_step')} | {fmt_ci(losses, '.2e')} | {n} |"
             )
     return rows
 
 
-def _converge_summary(runs, probe) -> str:
+def _evidence_count(ms, probe) -> str:
+    """How much each verdict rests on: frequencies converged of how many, or (filtering) the δ
+    values at which e_high fell measurably, of those kept."""
+    if probe == "filtering":
+        return (f"e_high fell at {fmt_ci([m.get('filtering/n_deltas_e_high_fell') for m in ms], '.1f')} of "
+                f"{int(ms[0].get('filtering/n_deltas', 0) or 0)} δ")
+    return (f"{fmt_ci([m.get(f'{probe}/n_converged') for m in ms], '.1f')} of "
+            f"{int(ms[0].get(f'{probe}/n_freqs', 0) or 0)} converged")
+
+
+def _converge_summary(runs, probe, name="converge_step") -> str:
     """Converge step per frequency: median [min–max] over the seeds that converged it, and how many did."""
-    keys = sorted({k for r in runs for k in r["run"].data.metrics if k.startswith(f"{probe}/converge_step/")},
+    keys = sorted({k for r in runs for k in r["run"].data.metrics if k.startswith(f"{probe}/{name}/")},
                   key=lambda k: _freq_of(k))
     parts = []
     for k in keys:
@@ -236,8 +249,7 @@ def claims_table(gs) -> str:
         probe = claim["tag"].split("/", 1)[0]
         ms = [r["run"].data.metrics for r in runs]
         if probe in FP_PROBES:
-            evidence = (f"{fmt_ci([m.get(f'{probe}/n_converged') for m in ms], '.1f')} of "
-                        f"{int(ms[0].get(f'{probe}/n_freqs', 0) or 0)} converged; order {fmt_ci([m.get(f'{probe}/fp_order') for m in ms])}, "
+            evidence = (f"{_evidence_count(ms, probe)}; order {fmt_ci([m.get(f'{probe}/fp_order') for m in ms])}, "
                         f"halving order {fmt_ci([m.get(f'{probe}/fp_order_halving') for m in ms])}")
         elif probe == "condensation":
             evidence = (f"{fmt_ci([m.get('condensation/final_n_orientations') for m in ms], '.1f')} orientations over "
@@ -353,6 +365,28 @@ def condensation_grid(gs):
     return fig
 
 
+def ntk_grid(gs):
+    """Per group (its median run): Δ_F measured and predicted from the NTK, one colour scale."""
+    have = [(g, median_run(g["runs"])) for g in gs]
+    have = [(g, e) for g, e in have if "ntk/delta_predicted" in e["history"]]
+    if not have:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.5, 1.9 * len(have) + 1.0), layout="constrained")
+    axes = fig.subplots(len(have), 2, squeeze=False, sharex="row")
+    for (ax_m, ax_p), (g, e) in zip(axes, have):
+        h, m = e["history"], e["run"].data.metrics
+        for ax, key, label in ((ax_m, "ntk/delta_measured", "measured"), (ax_p, "ntk/delta_predicted", "predicted")):
+            mesh = heatmap_on(ax, h["ntk/steps"], h[key], h["ntk/peaks"], 0.1, 1.0, "RdBu_r")
+            ax.set_title(f"{g['name']}: {label}" + (f" (agreement {m.get('ntk/agreement', math.nan):.2f})"
+                                                    if label == "predicted" else ""), fontsize=8)
+        ax_m.set_ylabel("peak k")
+    fig.colorbar(mesh, ax=axes.ravel().tolist(), label="Δ_F (clipped to [0.1, 1])", shrink=0.6)
+    fig.suptitle("Δ_F measured beside the NTK prediction (median run of each group)")
+    return fig
+
+
 # -- building -------------------------------------------------------------------------------
 def build(uri, experiments, tags, out: Path, log=True, readme: Path | None = None):
     from fpdsl.store import Store
@@ -370,6 +404,7 @@ def build(uri, experiments, tags, out: Path, log=True, readme: Path | None = Non
         "filtering.png": ("e_low / e_high (filtering method)", filtering_curves(gs)),
         "spectral_amplitude.png": ("Spectral bias: normalised amplitudes", amplitude_grid(gs)),
         "condensation.png": ("Condensation: cosine similarity of grown neurons' features", condensation_grid(gs)),
+        "ntk.png": ("Theory beside experiment: Δ_F predicted from the NTK", ntk_grid(gs)),
     }
     claims = claims_table(gs)
     lines = [
@@ -380,7 +415,7 @@ def build(uri, experiments, tags, out: Path, log=True, readme: Path | None = Non
         "in docs/science.md; ± is a 95 % t-interval over the seeds; +1 orders mean low frequencies first.", "",
         "## Claims", "", claims, "",
         "## Every group", "",
-        "| group | probe | verdicts over seeds | converged / of | order at ε | halving order | bias | converge step per frequency | final loss | seeds |",
+        "| group | probe | verdicts over seeds | evidence | order at ε | halving order | bias | converge step per frequency | final loss | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in gs:

@@ -115,6 +115,22 @@ def _ntk_run(tmp_path, experiment, *extra):
     return client, run
 
 
+def test_any_fprinciple_experiment_takes_the_probe_and_says_which_prediction_it_logs(tmp_path):
+    run_cli(tmp_path, "experiment=fprinciple_adam", "probe=[spectrum,ntk]", "budget.max_steps=100", "probe.ntk.every=50",
+            "tracking.experiment=fpdsl")
+    client, (run,) = mlflow_runs(tmp_path)
+    m, t = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED"
+    assert t["ntk/prediction"].startswith("reference: gradient descent") and "Adam" in t["ntk/prediction"]
+    assert m["ntk/exact"] == 0.0 and 0.0 <= m["ntk/agreement"] <= 1.0 and m["ntk/lr"] <= 0.01
+    assert {"ntk/eig/1", "ntk/drift", "ntk/condition", "ntk/effective_rank", "ntk/eigvec_k/1",
+            "ntk/predicted_converge_step/k1"} <= set(m)
+    steps = [p.step for p in client.get_metric_history(run.info.run_id, "ntk/drift")]
+    assert steps == [0, 50, 100]
+    assert "figures/ntk_prediction.png" in {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+
+
+@pytest.mark.slow
 def test_lazy_agrees_rich_departs_through_the_cli(tmp_path):
     client, lazy = _ntk_run(tmp_path, "ntk_lazy")
     _, rich = _ntk_run(tmp_path, "ntk_rich")

@@ -161,16 +161,10 @@ def _by_group(configs) -> list[list[int]]:
 def _after_fork(workers: int) -> None:
     """A forked worker: its share of the cores, and database connections of its own (the
     parent's SQLAlchemy pools are dropped without closing the parent's connections)."""
-    from fpdsl.sweep import cores, limit_threads
+    from fpdsl.sweep import cores, fresh_connections, limit_threads
 
     limit_threads(max(1, cores() // workers))
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        for engine in SqlAlchemyStore._engine_map.values():
-            engine.dispose(close=False)
-    except Exception:
-        pass
+    fresh_connections()
 
 
 def _portable(ret: JobReturn) -> JobReturn:

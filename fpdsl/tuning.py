@@ -1,0 +1,139 @@
+"""The population forward's variant for this machine, chosen by measuring it, and cached.
+
+What is fastest differs between CPUs: on one AMD EPYC torch's sigmoid was ~2.5× faster
+than its tanh, so the kernel computed tanh as 2σ(2z) − 1 with the affine part folded into
+the next layer; on an Intel Xeon with AVX-512 torch's own tanh wins. The best chunk of
+members per call (how much hidden state stays in cache) also depends on the CPU. So on
+the first batched call for a shape, each variant (tanh or the sigmoid fold × a few chunk
+sizes) runs on the real shapes in interleaved rounds, the fastest is kept, and the choice
+is cached in ~/.cache/fpdsl/kernels.json under a key naming the CPU model, the torch
+version, the thread count, the dtype and the shapes; another CPU or torch version is
+measured afresh. FPDSL_KERNEL=fold or =tanh skips the measurement (benchmarks, tests).
+Runs record the variant they used (tag fpdsl.kernel).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+CHUNKS = (2 << 20, 8 << 20, 32 << 20)  # bytes of hidden state per call (CPU)
+ROUNDS = 3
+SLICE_SECONDS = 0.004  # per variant per round
+
+
+@dataclass(frozen=True)
+class Variant:
+    fold: bool = True  # tanh as 2σ(2z) − 1 (else torch's tanh)
+    chunk_bytes: int = 8 << 20
+
+    @property
+    def name(self) -> str:
+        return f"{'fold' if self.fold else 'tanh'}/{self.chunk_bytes >> 20}MB"
+
+
+DEFAULT = Variant()
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fpdsl" / "kernels.json"
+
+
+def key(objective, size: int) -> str:
+    widths = "-".join(str(s[0]) for s in objective.shapes if len(s) == 2)
+    return (f"{cpu_model()} | torch {torch.__version__} | threads {torch.get_num_threads()} | {objective.dtype} | "
+            f"points {objective.x.shape[0]} | in {objective.x.shape[1]} | widths {widths} | members {size}")
+
+
+def candidates(objective, size: int) -> list[Variant]:
+    """The variants worth measuring for calls of `size` members: chunk sizes that split them
+    differently, each with the sigmoid fold and torch's tanh when the model has tanh."""
+    folds = (True, False) if "tanh" in objective.kernel.acts else (True,)
+    per_member = objective.activation_size * objective.x.element_size()
+    chunks = {}
+    for c in CHUNKS:
+        chunks.setdefault(-(-size // max(1, c // per_member)), c)  # number of calls → the first size giving it
+    return [Variant(f, c) for f in folds for c in chunks.values()]
+
+
+def choose(objective, thetas: torch.Tensor) -> Variant:
+    """The variant for this objective's population calls of len(thetas) members."""
+    forced = os.environ.get("FPDSL_KERNEL")
+    if forced in ("fold", "tanh"):
+        return Variant(forced == "fold", DEFAULT.chunk_bytes)
+    k = key(objective, len(thetas))
+    cached = _read().get(k)
+    if cached is not None:
+        return Variant(**cached)
+    best = measure(objective, thetas)
+    _write(k, best)
+    return best
+
+
+def measure(objective, thetas: torch.Tensor) -> Variant:
+    """The fastest variant on these members: median over interleaved rounds of each one's time per call."""
+    variants = candidates(objective, len(thetas))
+    if len(variants) == 1:
+        return variants[0]
+    times = {v: [] for v in variants}
+    with torch.no_grad():
+        per_call = min(_time(objective, thetas, v, 1, warm=True) for v in variants)  # buffers allocated, caches warm
+        calls = max(1, int(SLICE_SECONDS / max(per_call, 1e-6)))
+        for _ in range(ROUNDS):
+            for v in variants:
+                times[v].append(_time(objective, thetas, v, calls))
+    return min(variants, key=lambda v: sorted(times[v])[len(times[v]) // 2])
+
+
+def _time(objective, thetas, variant: Variant, calls: int, warm: bool = False) -> float:
+    saved = objective.variant
+    objective.variant = variant
+    try:
+        if warm:
+            objective.population_loss(thetas, count=False)
+        t = time.perf_counter()
+        for _ in range(calls):
+            objective.population_loss(thetas, count=False)
+        return (time.perf_counter() - t) / calls
+    finally:
+        objective.variant = saved
+
+
+def _read() -> dict:
+    try:
+        return json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(k: str, v: Variant) -> None:
+    from filelock import FileLock
+
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=10):
+            data = _read()
+            data[k] = {"fold": v.fold, "chunk_bytes": v.chunk_bytes}
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+    except Exception:  # a read-only home: measure again next time
+        pass
