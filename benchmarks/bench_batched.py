@@ -33,14 +33,19 @@ from benchmarks.machine import describe, save  # noqa: E402
 def command(tmp, uri, experiment, *overrides, importtime=False):
     env = dict(os.environ, FPDSL_SUMMARY="0")
     env.pop("CI", None)
-    cmd = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "fpdsl", f"tracking.uri={uri}",
-           f"tracking.experiment={experiment}", "progress=off", *overrides]
+    flags = [o for o in overrides if o.startswith("-")]
+    cmd = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "fpdsl", *flags, f"tracking.uri={uri}",
+           f"tracking.experiment={experiment}", "progress=off", *[o for o in overrides if not o.startswith("-")]]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return wall, proc.stderr
+
+
+def exp_name(case: str, r: int) -> str:
+    return "-".join(case.replace(",", "").split()) + f"-{r}"
 
 
 def runs(client, experiment):
@@ -82,22 +87,22 @@ def main(argv=None):
         walls = {k: [] for k in cases}
         for r in range(rounds):
             for name, ov in cases.items():
-                wall, _ = command(tmp, uri, f"{name} {r}", *ov)
+                wall, _ = command(tmp, uri, exp_name(name, r), *ov)
                 walls[name].append(wall)
                 print(f"  {name}: {wall:.1f}s", flush=True)
         best = {k: min(v) for k, v in walls.items()}
         one = best["one run"]
         res["seeds"] = {"wall_s": best, "over_one_run": {k: v / one for k, v in best.items()}}
         # every member FINISHED and equal to its separate run
-        separate = {int(r.data.params["seed"]): r.data.metrics["final_loss"] for r in runs(client, "16 seeds, basic launcher 0")}
+        separate = {int(r.data.params["seed"]): r.data.metrics["final_loss"] for r in runs(client, exp_name("16 seeds, basic launcher", 0))}
         for name in [k for k in cases if "batched" in k]:
-            members = runs(client, f"{name} 0")
+            members = runs(client, exp_name(name, 0))
             res["seeds"].setdefault("finished", {})[name] = f"{sum(m.info.status == 'FINISHED' for m in members)}/{len(members)}"
             diffs = [abs(m.data.metrics["final_loss"] - separate[int(m.data.params["seed"])]) / separate[int(m.data.params["seed"])]
                      for m in members if int(m.data.params["seed"]) in separate]
             res["seeds"].setdefault("max_relative_loss_difference", {})[name] = max(diffs)
         # fixed costs
-        basic = runs(client, "16 seeds, basic launcher 0")
+        basic = runs(client, exp_name("16 seeds, basic launcher", 0))
         train = {int(r.data.params["seed"]): r.data.metrics["train_seconds"] for r in basic}
         extra = (best["16 seeds, basic launcher"] - one - sum(v for s, v in train.items() if s != 0)) / 15
         wall, err = command(tmp, uri, "fixed", "seed=0", importtime=True)

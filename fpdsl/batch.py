@@ -99,16 +99,46 @@ def _targets(objs):
 
 
 class _MemberView:
-    """One member's slice of the shared torch optimizer, as its own optimizer's state_dict
-    (what a separate run's checkpoint holds)."""
+    """One member's row of the shared torch optimizer, as its own optimizer's state_dict (what a
+    separate run's checkpoint holds): every state tensor shaped like the group's parameter
+    gives the member's row, the rest (Adam's step count) is shared."""
 
-    def __init__(self, opt, theta):
-        self.opt, self.theta = opt, theta
-        group = next(g for g in opt.param_groups if any(p is theta for p in g["params"]))
-        self.group = {k: v for k, v in group.items() if k != "params"}  # kept after the member leaves
+    def __init__(self, opt, param, row):
+        self.opt, self.param, self.row = opt, param, row
+        group = next(g for g in opt.param_groups if any(p is param for p in g["params"]))
+        self.group = {k: v for k, v in group.items() if k != "params"}
 
     def state_dict(self):
-        return {"state": {0: dict(self.opt.state.get(self.theta, {}))}, "param_groups": [self.group | {"params": [0]}]}
+        state = {k: (v[self.row].clone() if isinstance(v, torch.Tensor) and v.shape == self.param.shape else v)
+                 for k, v in self.opt.state.get(self.param, {}).items()}
+        return {"state": {0: state}, "param_groups": [self.group | {"params": [0]}]}
+
+
+class _Stack:
+    """Members whose optimizer has the same hyperparameters (and, resumed, the same step count)
+    as the rows of one (M, P) parameter: torch's elementwise optimizers then make one update for
+    all of them (a parameter tensor per member cost a loop of small operations per member)."""
+
+    def __init__(self, rows, members, objs):
+        self.rows = rows  # member indices, in row order
+        self.hyper = members[rows[0]].parts.optimizer.hyper
+        self.param = torch.stack([objs[i].theta0 for i in rows]).requires_grad_(True)
+        self.saved = [(members[i].parts.optimizer._resume or {}).get("optimizer") for i in rows]
+
+    def state(self) -> dict:
+        """The members' saved optimizer states (resumed members), stacked row by row."""
+        states = [s["state"].get(0, {}) for s in self.saved if s is not None]
+        if not states or len(states) != len(self.rows):
+            return {}
+        return {k: torch.stack([st[k] for st in states]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v.clone()
+                if isinstance(v, torch.Tensor) else v for k, v in states[0].items()}
+
+
+def _step_count(member) -> str:
+    saved = member.parts.optimizer._resume
+    if saved is None:
+        return "new"
+    return repr(saved["optimizer"]["state"].get(0, {}).get("step"))
 
 
 def _torch_group(members) -> None:
@@ -118,55 +148,85 @@ def _torch_group(members) -> None:
     objs = [m.parts.objective for m in members]
     o0 = objs[0]
     cls = members[0].parts.optimizer.cls
-    thetas = [o.theta0.clone().requires_grad_(True) for o in objs]
-    by_hyper = {}  # members with the same hyperparameters share a param group
-    for t, m in zip(thetas, members):
-        by_hyper.setdefault(repr(sorted(m.parts.optimizer.hyper.items())), (m.parts.optimizer.hyper, []))[1].append(t)
-    opt = cls([{"params": params, **hyper} for hyper, params in by_hyper.values()])
-    for t, m in zip(thetas, members):
-        saved = m.parts.optimizer._resume
-        if saved is not None:  # a resumed member continues its own optimizer state
-            st = saved["optimizer"]
-            opt.state[t] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st["state"].get(0, {}).items()}
-        m.parts.optimizer._opt = _MemberView(opt, t)
+    keys = {}
+    for i, m in enumerate(members):
+        keys.setdefault((repr(sorted(m.parts.optimizer.hyper.items())), _step_count(m)), []).append(i)
+    stacks = [_Stack(rows, members, objs) for rows in keys.values()]
     targets = _targets(objs)
-    active = list(range(len(members)))
+
+    def build(stacks):
+        opt = cls([{"params": [st.param], **st.hyper} for st in stacks])
+        for st in stacks:
+            state = st.state()
+            if state:
+                opt.state[st.param] = state
+            for row, i in enumerate(st.rows):
+                members[i].parts.optimizer._opt = _MemberView(opt, st.param, row)
+        return opt
+
+    opt = build(stacks)
 
     def evaluate():
         opt.zero_grad(set_to_none=False)
-        h = o0.batched_forward(torch.stack([thetas[i] for i in active]))
-        y = o0.y if targets is None else targets[active]
+        params = [st.param for st in stacks]
+        order = [i for st in stacks for i in st.rows]
+        h = o0.batched_forward(params[0] if len(params) == 1 else torch.cat(params))
+        y = o0.y if targets is None else targets[order]
         losses = o0.loss_fn(h, y)
         losses.sum().backward()  # the sum's gradient for each member is its own loss's gradient
-        for j, i in enumerate(active):
+        for i in order:
             objs[i].n_evals += 1
-            objs[i]._last = (thetas[i].detach().clone(), h[j].detach())
-        return losses.detach()
+        return order, losses.detach(), h.detach()
 
-    evaluate()  # θ_0's gradients, for the first step
+    def thetas():
+        return {i: st.param[row].detach() for st in stacks for row, i in enumerate(st.rows)}
+
+    order, _, h = evaluate()  # θ_0's gradients, for the first step
+    th = thetas()
+    for j, i in enumerate(order):
+        objs[i]._last = (th[i].clone(), h[j])
     for i, m in enumerate(members):
         if m.parts.optimizer._resume is not None:
             objs[i].n_evals -= 1  # the checkpoint's θ was evaluated, and counted, before it was saved
     step = 0
-    while active:
+    while stacks:
         opt.step()
         step += 1
-        losses = evaluate()
-        done = []
-        for j, i in enumerate(active):
+        order, losses, h = evaluate()
+        th = thetas()
+        done = set()
+        for j, i in enumerate(order):
             m = members[i]
+            objs[i]._last = (th[i].clone(), h[j])
             try:
-                if m.rec.on_step(step, thetas[i].detach(), objs[i].n_evals, float(losses[j])):
+                if m.rec.on_step(step, th[i], objs[i].n_evals, float(losses[j])):
                     runner.ended(m)
-                    done.append(i)
+                    done.add(i)
             except Diverged as e:  # this member alone
                 runner.fail(m, e)
-                done.append(i)
-        for i in done:
-            active.remove(i)
-            for g in opt.param_groups:
-                g["params"] = [p for p in g["params"] if p is not thetas[i]]
-            opt.param_groups = [g for g in opt.param_groups if g["params"]]
+                done.add(i)
+        if done:  # the rest continue in new stacks, each with its rows' parameters and optimizer state
+            stacks = _without(stacks, done, opt, members)
+            if stacks:
+                opt = build(stacks)
+
+
+def _without(stacks, done, opt, members):
+    kept = []
+    for st in stacks:
+        rows = [r for r, i in enumerate(st.rows) if i not in done]
+        if not rows:
+            continue
+        index = torch.tensor(rows)
+        new = _Stack.__new__(_Stack)
+        new.rows, new.hyper = [st.rows[r] for r in rows], st.hyper
+        new.param = st.param.detach().index_select(0, index).requires_grad_(True)
+        state = {k: (v.index_select(0, index) if isinstance(v, torch.Tensor) and v.shape == st.param.shape else v)
+                 for k, v in opt.state.get(st.param, {}).items()}
+        new.saved = [{"state": {0: {k: (v[r] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+                                     for k, v in state.items()}}} if state else None for r in range(len(rows))]
+        kept.append(new)
+    return kept
 
 
 def _population_group(members) -> None:

@@ -47,6 +47,7 @@ class Objective:
         self.n_evals = 0
         self.kernel = _MLPKernel.of(self.model)  # None unless the model is a plain MLP
         self._vmap_ok = True
+        self._views = {}  # population tensor layout → (tensor, the kernel's views of it)
         self._last = None  # (θ, output) of the last single-θ evaluation on the dataset, for probes
 
     # -- parameters ---------------------------------------------------------
@@ -68,7 +69,8 @@ class Objective:
             if theta.dim() == 1:
                 return self.kernel.single(self.unflatten(theta), x)
             lead = theta.shape[:-1]
-            out = self.kernel(self.unflatten(theta.reshape(-1, self.n_params)), x, fold=(self.variant or tuning.DEFAULT).fold)
+            out = self.kernel(self.kernel.layers(self.unflatten(theta.reshape(-1, self.n_params))), x,
+                              fold=(self.variant or tuning.DEFAULT).fold)
             return out.reshape(*lead, *out.shape[1:])
         if theta.dim() > 1:
             return torch.vmap(lambda p: functional_call(self.model, p, (x,)))(self.unflatten(theta))
@@ -97,11 +99,13 @@ class Objective:
         dtype = np.float64 if self.dtype == torch.float64 else np.float32
         return torch.from_numpy(np.asarray(x, dtype=dtype)).to(self.device)
 
-    @torch.no_grad()
     def population_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None, count: bool = True) -> torch.Tensor:
-        """Loss of every row of Θ (S, P) in batched calls; returns (S,). y: one target per row
-        (S, n, c) instead of the dataset's (several runs' populations in one call, fpdsl.batch);
-        count=False leaves the evaluation count to the caller."""
+        """Loss of every row of Θ (S, P) in batched calls, without gradients; returns (S,). y: one
+        target per row (S, n, c) instead of the dataset's (several runs' populations in one call,
+        fpdsl.batch); count=False leaves the evaluation count to the caller."""
+        if torch.is_grad_enabled():  # the engines call it with gradients off already: no context switch
+            with torch.no_grad():
+                return self.population_loss(thetas, y, count)
         thetas = thetas.to(device=self.device, dtype=self.dtype)
         S = thetas.shape[0]
         if count:
@@ -118,9 +122,10 @@ class Objective:
     def batched_forward(self, thetas: torch.Tensor) -> torch.Tensor:
         """The network at every row of Θ (S, P): (S, n, c), differentiable (fpdsl.batch trains
         several runs' parameters at once through it)."""
+        if self.kernel is not None:  # with gradients torch's tanh (one fused backward) beats the fold
+            fold = (self.variant or tuning.DEFAULT).fold and not torch.is_grad_enabled()
+            return self.kernel(self._layers(thetas), self.x, fold=fold)
         params = self.unflatten(thetas)
-        if self.kernel is not None:
-            return self.kernel(params, self.x, fold=(self.variant or tuning.DEFAULT).fold)
         if self._vmap_ok:
             try:
                 return torch.vmap(lambda p: functional_call(self.model, p, (self.x,)))(params)
@@ -128,6 +133,20 @@ class Objective:
                 self._vmap_ok = False
         return torch.stack([functional_call(self.model, {k: v[i] for k, v in params.items()}, (self.x,))
                             for i in range(len(thetas))])
+
+    def _layers(self, thetas: torch.Tensor) -> list[tuple]:
+        """The kernel's per-layer views of Θ. A population engine evaluates the same tensor every
+        generation (updated in place), so the views are kept per tensor layout; each entry holds
+        the tensor itself, so its memory cannot be reused by another tensor while cached."""
+        if thetas.requires_grad:
+            return self.kernel.layers(self.unflatten(thetas))
+        key = (thetas.data_ptr(), thetas.shape, thetas.stride(), thetas.dtype, thetas.device)
+        hit = self._views.get(key)
+        if hit is None:
+            if len(self._views) >= 16:
+                self._views.clear()
+            hit = self._views[key] = (thetas, self.kernel.layers(self.unflatten(thetas)))
+        return hit[1]
 
     def _batched_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.loss_fn(self.batched_forward(thetas), self.y if y is None else y)
@@ -245,25 +264,33 @@ class _MLPKernel:
                 h = self.act_forwards[i](h)
         return h
 
-    def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor, fold: bool = True) -> torch.Tensor:
+    def layers(self, params: dict[str, torch.Tensor]) -> list[tuple]:
+        """Per Linear layer, (Wᵀ (S, in, out), b (S, 1, out) or None): views of the members' θ."""
+        out = []
+        for name in self.linears:
+            W, b = params[name + ".weight"], params.get(name + ".bias")
+            out.append((W.transpose(-1, -2), None if b is None else b.unsqueeze(-2)))
+        return out
+
+    def __call__(self, layers: list[tuple], x: torch.Tensor, fold: bool = True) -> torch.Tensor:
+        """The members' outputs (S, n, out) from their layers (see `layers`) on the shared input x."""
         inplace = not torch.is_grad_enabled()
         h = None  # None: the input x, shared by every member
         pending = None  # (a, c): the last activation's true output is a·h + c (tanh via sigmoid)
-        for i, name in enumerate(self.linears):
-            W, b = params[f"{name}.weight"], params.get(f"{name}.bias")
-            Wt = W.transpose(-1, -2)  # (S, in, out)
+        for i, (Wt, b) in enumerate(layers):
             if pending is not None:  # z = b + (a·h + c) W^T = (b + c·ΣW) + a·(h W^T)
                 a, c = pending
-                shift = c * Wt.sum(-2)
+                shift = (c * Wt.sum(-2)).unsqueeze(-2)
                 b = shift if b is None else b + shift
             else:
                 a = 1.0
             act = self.acts[i] if i < len(self.acts) else None
-            s = 2.0 if act == "tanh" and fold else 1.0  # tanh(z) = 2σ(2z) − 1
+            folded = fold and act == "tanh"
+            s = 2.0 if folded else 1.0  # tanh(z) = 2σ(2z) − 1
             out = self._buffer(i % 2, (Wt.shape[0], x.shape[0], Wt.shape[-1]), x) if inplace and act else None
             h = self._affine(h, x, Wt, b, a * s, s, out)
             pending = None
-            if act == "tanh" and fold:
+            if folded:
                 h = h.sigmoid_() if inplace else h.sigmoid()
                 pending = (2.0, -1.0)
             elif act == "tanh":
@@ -284,16 +311,16 @@ class _MLPKernel:
 
     @staticmethod
     def _affine(h, x, Wt, b, alpha: float, beta: float, out=None):
-        """beta·b + alpha·(h Wt) for a batch of members (into out if given); h None: the shared input x (n, in)."""
-        S = Wt.shape[0]
+        """beta·b + alpha·(h Wt) for a batch of members (into out if given); h None: the shared input
+        x (n, in); b (S, 1, out) or None."""
         if h is None:
             if x.shape[-1] == 1:  # outer product: elementwise, no matrix product needed
                 xs = x.unsqueeze(0)  # (1, n, 1) against (S, 1, out)
                 if b is None:
                     return torch.mul(xs, Wt if alpha == 1.0 else alpha * Wt, out=out)
-                return torch.addcmul(b.unsqueeze(-2) * beta, xs, Wt, value=alpha, out=out)
-            h = x.expand(S, *x.shape)
+                return torch.addcmul(b if beta == 1.0 else b * beta, xs, Wt, value=alpha, out=out)
+            h = x.expand(Wt.shape[0], *x.shape)
         if b is None:
             out = torch.bmm(h, Wt, out=out)
             return out.mul_(alpha) if alpha != 1.0 else out
-        return torch.baddbmm(b.unsqueeze(-2), h, Wt, beta=beta, alpha=alpha, out=out)
+        return torch.baddbmm(b, h, Wt, beta=beta, alpha=alpha, out=out)

@@ -37,7 +37,8 @@ class Recorder:
         self.probes = parts.probes
         self.first = first
         self.trace = (ckpt or {}).get("trace") or {"step": [], "loss": [], "n_evals": []}
-        self.mlflow = Cadence(cfg.tracking.every, cfg.tracking.get("per_decade"))
+        self.every_log = int(cfg.tracking.every)  # read every step: a plain int, not an OmegaConf lookup
+        self.mlflow = Cadence(self.every_log, cfg.tracking.get("per_decade"))
         self.images = Cadence(None, cfg.tracking.get("images_per_decade"))
         self.cadence = {name: Cadence(p.every, getattr(p, "per_decade", None)) for name, p in self.probes.items()}
         self.every_ckpt = cfg.checkpoint.every
@@ -141,7 +142,7 @@ class Recorder:
             if not values:  # an observation kept only in the probe's history (ntk between kernels)
                 continue
             self.latest[name] = (step, values, n_evals)
-            if force or self.mlflow(step) or step - self.sent[name] >= self.cfg.tracking.every:
+            if force or self.mlflow(step) or step - self.sent[name] >= self.every_log:
                 self.sent[name] = step
                 metrics.update(values)
             if self.images(step) or force:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 CHUNKS = (2 << 20, 8 << 20, 32 << 20)  # bytes of hidden state per call (CPU)
-ROUNDS = 3
-SLICE_SECONDS = 0.004  # per variant per round
+ROUNDS = 5
+SLICE_SECONDS = 0.01  # per variant per round
 
 
 @dataclass(frozen=True)

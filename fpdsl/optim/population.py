@@ -73,9 +73,10 @@ def drive(search, evaluate):
     """Run an engine's search generator, evaluating each population it yields with evaluate
     (a batched loss); returns the engine's best θ. fpdsl.batch drives several at once."""
     try:
-        x = next(search)
-        while True:
-            x = search.send(evaluate(x))
+        with torch.no_grad():
+            x = next(search)
+            while True:
+                x = search.send(evaluate(x))
     except StopIteration as done:
         return done.value
 
