@@ -22,9 +22,11 @@ test-slow: $(STAMP)      ## the slow tests alone (a wheel in a fresh venv, a tra
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-bench: $(STAMP)          ## measured ratios (population engines, scipy threads, probes, logging, start-up); a few minutes
+bench: $(STAMP)          ## every speed claim measured side by side (JSON in benchmarks/results/); about 20 minutes
+	$(PY) -m pip install -q evox==1.4.0   # EvoX beside fpdsl's engines (bench only; it builds on the installed torch)
 	$(PY) benchmarks/bench.py $(ARGS)
 	$(PY) benchmarks/bench_grid.py $(filter --quick,$(ARGS))
+	$(PY) benchmarks/bench_batched.py $(filter --quick,$(ARGS))
 
 ui: $(STAMP)             ## MLflow UI on the default store, http://127.0.0.1:5000 (one worker, no job runners)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1

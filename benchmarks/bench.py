@@ -1,8 +1,8 @@
 """fpdsl's performance claims, measured side by side in one run (`make bench`).
 
 Sections (each prints a table; everything lands in one JSON under benchmarks/results/):
-  population  raw batched forward vs fpdsl's PSO/DE/SNES vs nevergrad (ask/tell, minimize),
-              widths 50 and 200 × populations 50 and 200
+  population  fpdsl's PSO/DE/SNES against the fastest known batched forward, EvoX 1.4's PSO
+              and nevergrad's, at 50×50, 200×200 and 50×1000 (bench_population.py)
   scipy       L-BFGS-B and CG: the default (one thread on each side) against the other
               thread combinations, and scipy's own share of the run (outside the objective)
   bfgs        scipy's dense BFGS update against one loss-and-gradient evaluation, by size
@@ -22,8 +22,6 @@ import gc
 import json
 import math
 import os
-import platform
-import random
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,7 @@ from fpdsl.data import Sines1D  # noqa: E402
 from fpdsl.losses import MSE  # noqa: E402
 from fpdsl.models import MLP  # noqa: E402
 from fpdsl.objective import Objective  # noqa: E402
-from fpdsl.optim import DE, PSO, SNES, Budget, NevergradOptimizer, ScipyOptimizer  # noqa: E402
+from fpdsl.optim import Budget, ScipyOptimizer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -54,86 +52,11 @@ def objective(width, dtype=torch.float32, seed=0, n_points=201):
 
 # -- population ----------------------------------------------------------------------------
 def bench_population(quick: bool, threads: int) -> list[dict]:
-    """Each contender's slice runs right after a slice of the raw batched forward pass (the
-    objective's population_loss on a fixed Θ in a loop); the claim is the median over
-    rounds of these paired ratios. With one thread the clock is the process's CPU time,
-    which other jobs on a shared machine do not inflate; otherwise wall time."""
-    clock = time.process_time if threads == 1 else time.perf_counter
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows = []
-    slice_s = 0.05 if quick else 0.12  # seconds per contender per round, at least min_gens generations
-    min_gens = 10 if quick else 30
-    rounds = 3 if quick else 9
-    rng = random.Random(0)
-    for width in (50, 200):
-        for S in (50, 200):
-            obj = objective(width)
-            thetas = obj.theta0 + 0.1 * torch.randn(S, obj.n_params)
-            gens = max(min_gens, int(slice_s / _calibrate(lambda: obj.population_loss(thetas))))
+    """fpdsl's engines against the fastest known forward pass, EvoX 1.4 and nevergrad
+    (benchmarks/bench_population.py)."""
+    from benchmarks import bench_population as bp
 
-            def raw(kernel=True):
-                saved_kernel, obj.kernel = obj.kernel, (obj.kernel if kernel else None)
-                t = clock()
-                for _ in range(gens):
-                    obj.population_loss(thetas)
-                obj.kernel = saved_kernel
-                return gens * S, clock() - t
-
-            warm = objective(width)  # as in a run: one objective, its buffers allocated once
-
-            def engine(make, g=gens):
-                def fn():
-                    warm.n_evals = 0
-                    t = clock()
-                    make().run(warm, Budget(g, None), lambda step, *a: step >= g)
-                    return warm.n_evals, clock() - t
-
-                return fn
-
-            ng_gens = max(2, int(slice_s / (S * 4e-4)))  # nevergrad: ~0.4 ms of its own per candidate
-            def plain():
-                """The textbook batched forward: bmm, torch.tanh, fresh tensors each call (the
-                issue's 'raw batched limit', ~10k/s at width 200, population 200, 2 threads)."""
-                p = obj.unflatten(thetas)
-                W1, b1, W2, b2 = p["0.weight"], p["0.bias"], p["2.weight"], p["2.bias"]
-                x, y = obj.x.expand(S, *obj.x.shape), obj.y
-                t = clock()
-                with torch.no_grad():
-                    for _ in range(gens):
-                        h = torch.tanh(torch.baddbmm(b1.unsqueeze(1), x, W1.transpose(1, 2)))
-                        ((torch.baddbmm(b2.unsqueeze(1), h, W2.transpose(1, 2)) - y) ** 2).mean(dim=(1, 2))
-                return gens * S, clock() - t
-
-            contenders = {
-                "raw_vmap": lambda: raw(kernel=False),
-                "raw_plain": plain,
-                "pso": engine(lambda: PSO(popsize=S)),
-                "de": engine(lambda: DE(popsize=S)),
-                "snes": engine(lambda: SNES(popsize=S)),
-                "ng_pso_ask_tell": engine(lambda: NevergradOptimizer("PSO", batch=S), ng_gens),
-                "ng_de_ask_tell": engine(lambda: NevergradOptimizer("DE", batch=S), ng_gens),
-                "ng_pso_minimize": lambda: _ng_minimize(width, ng_gens * S, clock),
-            }
-            speed = {k: [] for k in ["raw", *contenders]}
-            ratio = {k: [] for k in contenders}
-            for _ in range(rounds):
-                for name in rng.sample(list(contenders), len(contenders)):
-                    n0, t0 = raw()
-                    n, t = contenders[name]()
-                    speed["raw"].append(n0 / t0)
-                    speed[name].append(n / t)
-                    ratio[name].append((n / t) / (n0 / t0))
-            row = {"width": width, "popsize": S, "params": obj.n_params, "rounds": rounds, "generations": gens,
-                   "evals_per_s": {k: float(np.median(v)) for k, v in speed.items()},
-                   "ratio_to_raw": {"raw": 1.0, **{k: float(np.median(v)) for k, v in ratio.items()}},
-                   "ratio_to_raw_quartiles": {k: [float(q) for q in np.percentile(v, [25, 75])] for k, v in ratio.items()}}
-            row["pso_over_ng_ask_tell"] = row["ratio_to_raw"]["pso"] / row["ratio_to_raw"]["ng_pso_ask_tell"]
-            rows.append(row)
-            print(f"  width {width:3d} pop {S:3d}: raw {row['evals_per_s']['raw']:,.0f}/s; "
-                  + ", ".join(f"{k} {v:.0%}" for k, v in row["ratio_to_raw"].items() if k != "raw"), flush=True)
-    torch.set_num_threads(saved)
-    return rows
+    return bp.run(quick, threads)
 
 
 def _calibrate(fn, n=3):
@@ -142,19 +65,6 @@ def _calibrate(fn, n=3):
     for _ in range(n):
         fn()
     return (time.perf_counter() - t) / n
-
-
-def _ng_minimize(width, budget, clock):
-    """nevergrad's own loop: opt.minimize(f), one candidate per call of f."""
-    import nevergrad as ng
-
-    o = objective(width)
-    param = ng.p.Array(init=o.theta0.double().numpy()).set_mutation(sigma=0.1)
-    opt = ng.optimizers.registry["PSO"](parametrization=param, budget=budget, num_workers=1)
-    t = clock()
-    with torch.no_grad():
-        opt.minimize(lambda th: float(o.loss(torch.from_numpy(th).float())))
-    return o.n_evals, clock() - t
 
 
 # -- scipy ---------------------------------------------------------------------------------
@@ -370,28 +280,17 @@ def bench_startup(quick: bool) -> list[dict]:
 
 # -- report --------------------------------------------------------------------------------
 def machine() -> dict:
-    cpu = "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    from benchmarks.machine import describe
+
+    return describe()
 
 
 def table(results: dict) -> str:
     out = []
     if "population" in results:
-        out += ["| width | pop | raw batched (evals/s) | pso | de | snes | nevergrad PSO ask/tell | nevergrad PSO minimize "
-                "| pso ÷ ng ask/tell | pso ÷ plain bmm + tanh |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in results["population"]:
-            e, q = r["evals_per_s"], r["ratio_to_raw"]
-            out.append(f"| {r['width']} | {r['popsize']} | {e['raw']:,.0f} (plain {q['raw_plain']:.0%}, vmap {q['raw_vmap']:.0%}) "
-                       f"| {q['pso']:.0%} | {q['de']:.0%} | {q['snes']:.0%} | {q['ng_pso_ask_tell']:.0%} | {q['ng_pso_minimize']:.0%} "
-                       f"| {r['pso_over_ng_ask_tell']:.1f}× | {q['pso'] / q['raw_plain']:.1f}× |")
+        from benchmarks.bench_population import table as population_table
+
+        out.append(population_table(results["population"]))
     if "scipy" in results:
         names = list(SCIPY_THREADS)
         out += ["", "| scipy: speed vs default | width | points | " + " | ".join(names) + " | scipy's own share (default) |",
@@ -429,8 +328,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds and shorter runs (a smoke check, not the claim)")
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for the population section (1: timed in CPU seconds, robust to other jobs)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the population section")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/bench-<date>.json)")
     args = ap.parse_args()
     gc.freeze()  # as `python -m fpdsl` does once started: full collections skip the imported modules

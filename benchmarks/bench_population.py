@@ -24,7 +24,6 @@ round); the claim is the median over rounds of evaluations per second. EvoX is o
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time

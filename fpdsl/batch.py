@@ -230,8 +230,6 @@ def _without(stacks, done, opt, members):
 
 
 def _population_group(members) -> None:
-    from fpdsl import runner
-
     objs = [m.parts.objective for m in members]
     o0 = objs[0]
     targets = _targets(objs)

@@ -39,6 +39,10 @@ MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 SEND_EVERY = 1.0  # seconds between batches while training (or sooner, at FLUSH_AT records)
 FLUSH_AT = 2000
 HEARTBEAT_SECONDS = 60.0
+# store calls in flight from this process's senders at once. MLflow's SQLAlchemy pool holds 15
+# connections and a log_batch can take two; with a sender per run (64 members of a batched
+# sweep) unbounded senders exhausted the pool and waited on each other for good.
+STORE_CALLS = threading.BoundedSemaphore(4)
 HOST = socket.gethostname()
 
 # store errors worth waiting out: SQLite busy, a server down or restarting, network trouble
@@ -260,7 +264,8 @@ class Sender:
             try:
                 from mlflow.entities import RunTag
 
-                self.client.log_batch(self.log.run_id, tags=[RunTag("fpdsl.heartbeat", str(int(time.time())))])
+                with STORE_CALLS:
+                    self.client.log_batch(self.log.run_id, tags=[RunTag("fpdsl.heartbeat", str(int(time.time())))])
             except Exception:
                 pass
 
@@ -289,6 +294,10 @@ class Sender:
     def _send_some(self) -> None:
         """One store call: the next run of metrics/tags/params as one log_batch, or the next
         artifact, dataset or status. Confirmed records leave the queue and the log's tail."""
+        with STORE_CALLS:
+            self._send_some_now()
+
+    def _send_some_now(self) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         with self._cond:

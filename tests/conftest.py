@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# fpdsl's caches (the empty-store template, the kernel variants measured on this machine) go to
+# a folder of the test session, shared by every CLI run of it, never into the user's home
+if "FPDSL_TEST_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["FPDSL_TEST_CACHE"] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fpdsl-test-cache-")
 CONF = ROOT / "conf"
 # a tiny version of the default problem: seconds per CLI run
 TINY = ["dataset.n_points=64", "model.width=16", "budget.max_steps=30", "probe.spectrum.every=5", "tracking.every=1"]

@@ -5,12 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, mlflow_runs, run_cli
+from conftest import ROOT, TINY, mlflow_runs
 
 
 def test_the_python_api_runs_loads_and_queries(tmp_path):
@@ -74,7 +73,7 @@ def test_scipy_tells_why_it_stopped_before_its_budget(cli, tmp_path):
 
 
 def test_overrides_as_users_write_them(cli, tmp_path):
-    proc = cli("experiment=fprinciple_adam", "optimizer.lr=0.02", "budget.max_steps=5")
+    cli("experiment=fprinciple_adam", "optimizer.lr=0.02", "budget.max_steps=5")
     client, (run,) = mlflow_runs(tmp_path, "fprinciple")
     assert run.data.params["optimizer.lr"] == "0.02" and run.data.tags["fpdsl.experiment"] == "fprinciple_adam"
     bad = cli("optimizer.optimizer.lr=0.1", check=False)

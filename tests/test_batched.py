@@ -93,3 +93,34 @@ def test_forked_workers_share_the_jobs(tmp_path):
     _, runs = children(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs.values())
     assert proc.stdout.count("trained together") == 2
+
+
+def test_many_runs_recording_at_once_in_one_process_never_exhaust_the_store(tmp_path):
+    """Every run has a sender thread beside training; 60 of them (a batched sweep of 60 seeds)
+    once took all of MLflow's pooled connections and waited on each other for good."""
+    import threading
+
+    from fpdsl.store import Store
+    from fpdsl.tracking import Tracker
+
+    store = Store(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = store.experiment_id("many")
+    trackers = [Tracker.create(store, exp, f"run-{i}", {}) for i in range(60)]
+
+    def write(t):
+        for step in range(40):
+            t.log_metrics({"loss": 1.0 / (step + 1), "n_evals": float(step)}, step)
+            t.commit()
+        t.set_tags({"done": "yes"})
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in trackers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    results = [t.close("FINISHED", 15) for t in trackers]  # tracking.timeout's default
+    assert all(ok for ok, _ in results), [why for ok, why in results if not ok][:3]
+    for t in trackers[::15]:
+        run = store.client.get_run(t.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["done"] == "yes"
+        assert len(store.client.get_metric_history(t.run_id, "loss")) == 40

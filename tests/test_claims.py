@@ -1,6 +1,4 @@
 """The seed claims whose experiment files re-obtain them, run through the CLI as a user would."""
-import pytest
-
 from conftest import mlflow_runs
 
 P = {"tanh": 1, "sigmoid": 1, "softplus": 1, "xtanh": 2, "x2tanh": 3}

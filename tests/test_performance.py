@@ -2,6 +2,7 @@
 the batched population loss equals the per-vector loss, the population engines spend
 exactly their budget, and threaded and single-threaded scipy runs agree."""
 import inspect
+import json
 import math
 import warnings
 from pathlib import Path
@@ -47,15 +48,42 @@ def assert_same(batched, reference, dtype):
     assert float((batched - reference).abs().max() / scale) < tol, (batched, reference)
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["fold", "tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("depth", [1, 2, 3])
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
-def test_mlp_population_loss_equals_per_vector_loss(activation, depth, dtype):
+def test_mlp_population_loss_equals_per_vector_loss(activation, depth, dtype, fold):
+    from fpdsl.tuning import Variant
+
     torch.manual_seed(0)
     obj = problem(MLP(1, 1, width=9, depth=depth, activation=activation), dtype=dtype)
     assert obj.kernel is not None  # the specialised batched-matmul path
+    obj.variant = Variant(fold, 1 << 12)  # a chunk of a few members: several calls
     thetas = obj.theta0 + 0.3 * torch.randn(6, obj.n_params, dtype=dtype)
     assert_same(obj.population_loss(thetas), per_vector(obj, thetas), dtype)
+    thetas.mul_(1.1)  # the same tensor changed in place (as an engine does): the kernel's cached views follow
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), dtype)
+
+
+def test_the_kernel_variant_is_measured_once_per_machine_and_shape_then_read_back(tmp_path, monkeypatch):
+    from fpdsl import tuning
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FPDSL_KERNEL", raising=False)
+    torch.manual_seed(0)
+    obj = problem(MLP(1, 1, width=40, activation="tanh"))
+    thetas = obj.theta0 + 0.1 * torch.randn(30, obj.n_params)
+    chosen = tuning.choose(obj, thetas)
+    assert chosen in tuning.candidates(obj, 30) and {v.fold for v in tuning.candidates(obj, 30)} == {True, False}
+    saved = json.loads(tuning.cache_file().read_text())
+    (key,) = saved
+    assert tuning.cpu_model() in key and torch.__version__ in key and "members 30" in key
+    monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured again"))
+    assert tuning.choose(obj, thetas) == chosen  # read back
+    monkeypatch.setenv("FPDSL_KERNEL", "tanh")
+    assert tuning.choose(obj, thetas).fold is False
+    relu = problem(MLP(1, 1, width=40, activation="relu"))
+    assert {v.fold for v in tuning.candidates(relu, 30)} == {True}  # no tanh: nothing to fold
 
 
 @pytest.mark.parametrize("bias", [True, False])
