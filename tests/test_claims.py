@@ -1,4 +1,6 @@
 """The seed claims whose experiment files re-obtain them, run through the CLI as a user would."""
+import pytest
+
 from conftest import mlflow_runs
 
 P = {"tanh": 1, "sigmoid": 1, "softplus": 1, "xtanh": 2, "x2tanh": 3}
@@ -7,6 +9,7 @@ REPRODUCED = ["condensation_tanh", "condensation_sigmoid", "condensation_softplu
 OPEN = ["condensation_xtanh", "condensation_x2tanh"]  # see docs/science.md: few neurons grow under GD
 
 
+@pytest.mark.slow
 def test_condensation_files_condense_within_2p_for_two_data_draws(cli, tmp_path):
     cli("-m", f"experiment={','.join(REPRODUCED + OPEN)}", "seed=0,1", "tracking.experiment=condensation")
     _, runs = mlflow_runs(tmp_path, "condensation")
@@ -33,6 +36,7 @@ def test_condensation_files_condense_within_2p_for_two_data_draws(cli, tmp_path)
         assert tags["fpdsl.claim.expect"] == "condensed, ≤ 2p"
 
 
+@pytest.mark.slow
 def test_hat_with_a_localised_first_layer_removes_the_bias_and_relu_does_not(cli, tmp_path):
     cli("-m", "experiment=remove_bias_hat,remove_bias_relu_localized", "tracking.experiment=remove_bias")
     _, runs = mlflow_runs(tmp_path, "remove_bias")

@@ -70,7 +70,7 @@ def test_ctrl_c_kills_the_sweep_then_the_same_command_resumes_it(tmp_path, launc
         assert steps == list(range(budget + 1)), (c.data.params["seed"], steps[:5], len(steps))
 
 
-@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_a_finished_sweep_run_again_skips_every_job(tmp_path, launcher):
     args = ["-m", f"hydra/launcher={launcher}", "seed=0,1", "budget.max_steps=20", f"hydra.sweep.dir={tmp_path}/m", *FAST]
     run_cli(tmp_path, *args)
