@@ -176,8 +176,7 @@ class Objective:
         On the dataset, the output of the last single-θ evaluation is reused when θ has the
         same values: the torch family and scipy report the θ they just evaluated, and a
         population engine reports the same best θ for many steps. Otherwise a plain MLP goes
-        through the batched kernel as a population of one (its sigmoid-based tanh is ~1.5×
-        faster than the module's forward on CPU)."""
+        through the batched kernel as a population of one."""
         if x is None and self._last is not None:
             last, out = self._last
             if last.shape == theta.shape and torch.equal(last, theta.to(last.dtype)):
