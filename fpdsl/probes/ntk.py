@@ -136,9 +136,9 @@ class NTK:
         return lr, False, (f"reference: gradient descent with lr {lr:g} ({source}) over the same steps; this run uses "
                            f"{what}, which the linearisation does not describe")
 
-    def predicted(self, flow: bool = False) -> np.ndarray:
-        """Predicted outputs (T, n, c) at the observed steps."""
-        lr, _, _ = self.rule()
+    def predicted(self, flow: bool = False, lr: float | None = None) -> np.ndarray:
+        """Predicted outputs (T, n, c) at the observed steps (lr: the rule's, when not given)."""
+        lr = self.rule()[0] if lr is None else lr
         t = np.asarray(self.steps, dtype=float) - self.initial["step"]
         r = ntk.predict(self.initial["K"], self.initial["H"], self.initial["r0"], lr, t, flow=flow)
         return r.reshape(len(t), *self.y.shape) + self.y
@@ -152,8 +152,8 @@ class NTK:
             return ProbeResult(line="no kernel was computed")
         lr, exact, rule = self.rule()
         steps = np.asarray(self.steps)
-        out = self.predicted()
-        flow_out = self.predicted(flow=True)
+        out = self.predicted(lr=lr)
+        flow_out = self.predicted(flow=True, lr=lr)
         metrics = {"lr": lr, "exact": float(exact), "final_drift": self.drifts[-1], "max_drift": float(np.nanmax(self.drifts))}
         first = self.eigs[0]
         metrics |= {f"initial_eig/{i + 1}": float(v) for i, v in enumerate(first)}
