@@ -70,6 +70,7 @@ def test_a_job_with_bad_input_fails_alone(tmp_path):
     assert sorted((r.data.params["model.width"], r.info.status) for r in jobs) == [("16", "FINISHED")] * 2
 
 
+@pytest.mark.slow
 def test_a_batched_member_resumes_exactly(tmp_path):
     base = ["-m", "hydra/launcher=batched", "optimizer=adam", "seed=0,1", "checkpoint.every=10",
             f"hydra.sweep.dir={tmp_path}/sweep", *[o for o in SMALL if not o.startswith("checkpoint")]]
@@ -87,6 +88,7 @@ def test_a_batched_member_resumes_exactly(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_forked_workers_share_the_jobs(tmp_path):
     proc = run_cli(tmp_path, "-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "optimizer=adam,pso", "seed=0,1",
                    "budget.max_steps=30", *SMALL)

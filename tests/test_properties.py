@@ -1,6 +1,7 @@
 """Property: any valid small config ends FINISHED or FAILED (never RUNNING), metrics readable."""
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ configs = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cfg=configs)
 def test_valid_configs_end_finished_or_failed(tmp_path_factory, cfg):

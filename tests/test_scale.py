@@ -67,6 +67,7 @@ def test_a_single_run_shows_steps_loss_and_evaluations_per_second(tmp_path):
     assert "mlflow.parentRunId" not in run.data.tags and 0 < float(run.data.tags["fpdsl.tracking_seconds"]) < 60
 
 
+@pytest.mark.slow
 def test_submitit_local_grid_records_every_job(tmp_path):
     run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "model.width=8,12", *GRID)
     client, runs = mlflow_runs(tmp_path)
@@ -94,6 +95,7 @@ STRESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_writers_into_one_new_sqlite_store_lose_nothing(tmp_path):
     jobs, flushes, per_flush = 8, 40, 10
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import mlflow_runs
 
@@ -30,6 +31,7 @@ def history_of(client, run):
     return np.load(io.BytesIO(Path(path).read_bytes()))
 
 
+@pytest.mark.slow
 def test_every_new_probe_under_every_optimizer_family(cli, tmp_path):
     cli(
         "-m",

@@ -29,7 +29,7 @@ def parent_and_children(tmp_path):
     return parents[0], [r for r in runs if r.data.tags.get("fpdsl.role") != "sweep"]
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
 def test_ctrl_c_kills_the_sweep_then_the_same_command_resumes_it(tmp_path, launcher):
     args = sweep(tmp_path, launcher, 100000)
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1")
