@@ -117,21 +117,33 @@ class _MemberView:
 class _Stack:
     """Members whose optimizer has the same hyperparameters (and, resumed, the same step count)
     as the rows of one (M, P) parameter: torch's elementwise optimizers then make one update for
-    all of them (a parameter tensor per member cost a loop of small operations per member)."""
+    all of them (a parameter tensor per member cost a loop of small operations per member).
+    `state`: the optimizer's state for that parameter, row by row ({} for a new one)."""
 
-    def __init__(self, rows, members, objs):
-        self.rows = rows  # member indices, in row order
-        self.hyper = members[rows[0]].parts.optimizer.hyper
-        self.param = torch.stack([objs[i].theta0 for i in rows]).requires_grad_(True)
-        self.saved = [(members[i].parts.optimizer._resume or {}).get("optimizer") for i in rows]
+    def __init__(self, rows: list, hyper: dict, param: torch.Tensor, state: dict):
+        self.rows, self.hyper, self.param, self.state = rows, hyper, param.requires_grad_(True), state
 
-    def state(self) -> dict:
-        """The members' saved optimizer states (resumed members), stacked row by row."""
-        states = [s["state"].get(0, {}) for s in self.saved if s is not None]
-        if not states or len(states) != len(self.rows):
-            return {}
-        return {k: torch.stack([st[k] for st in states]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v.clone()
-                if isinstance(v, torch.Tensor) else v for k, v in states[0].items()}
+    @classmethod
+    def of(cls, rows, members, objs) -> "_Stack":
+        saved = [members[i].parts.optimizer._resume for i in rows]
+        state = {}
+        if saved[0] is not None:  # resumed members (grouped by step count): their states, stacked
+            states = [s["optimizer"]["state"].get(0, {}) for s in saved]
+            state = {k: torch.stack([st[k] for st in states]) if isinstance(v, torch.Tensor) and v.dim() > 0
+                     else (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in states[0].items()}
+        return cls(rows, members[rows[0]].parts.optimizer.hyper, torch.stack([objs[i].theta0 for i in rows]), state)
+
+    def keep(self, rows: list, opt) -> "_Stack":
+        """The same stack with only these row positions, their parameters and optimizer state."""
+        index = torch.tensor(rows)
+
+        def part(v):  # copies: the members that left keep the old optimizer's state as it was
+            if not isinstance(v, torch.Tensor):
+                return v
+            return v.index_select(0, index) if v.shape == self.param.shape else v.clone()
+
+        return _Stack([self.rows[r] for r in rows], self.hyper, self.param.detach().index_select(0, index),
+                      {k: part(v) for k, v in opt.state.get(self.param, {}).items()})
 
 
 def _step_count(member) -> str:
@@ -151,15 +163,14 @@ def _torch_group(members) -> None:
     keys = {}
     for i, m in enumerate(members):
         keys.setdefault((repr(sorted(m.parts.optimizer.hyper.items())), _step_count(m)), []).append(i)
-    stacks = [_Stack(rows, members, objs) for rows in keys.values()]
+    stacks = [_Stack.of(rows, members, objs) for rows in keys.values()]
     targets = _targets(objs)
 
     def build(stacks):
         opt = cls([{"params": [st.param], **st.hyper} for st in stacks])
         for st in stacks:
-            state = st.state()
-            if state:
-                opt.state[st.param] = state
+            if st.state:
+                opt.state[st.param] = st.state
             for row, i in enumerate(st.rows):
                 members[i].parts.optimizer._opt = _MemberView(opt, st.param, row)
         return opt
@@ -206,27 +217,10 @@ def _torch_group(members) -> None:
                 runner.fail(m, e)
                 done.add(i)
         if done:  # the rest continue in new stacks, each with its rows' parameters and optimizer state
-            stacks = _without(stacks, done, opt, members)
+            stacks = [st.keep(rows, opt) for st in stacks
+                      if (rows := [r for r, i in enumerate(st.rows) if i not in done])]
             if stacks:
                 opt = build(stacks)
-
-
-def _without(stacks, done, opt, members):
-    kept = []
-    for st in stacks:
-        rows = [r for r, i in enumerate(st.rows) if i not in done]
-        if not rows:
-            continue
-        index = torch.tensor(rows)
-        new = _Stack.__new__(_Stack)
-        new.rows, new.hyper = [st.rows[r] for r in rows], st.hyper
-        new.param = st.param.detach().index_select(0, index).requires_grad_(True)
-        state = {k: (v.index_select(0, index) if isinstance(v, torch.Tensor) and v.shape == st.param.shape else v)
-                 for k, v in opt.state.get(st.param, {}).items()}
-        new.saved = [{"state": {0: {k: (v[r] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
-                                     for k, v in state.items()}}} if state else None for r in range(len(rows))]
-        kept.append(new)
-    return kept
 
 
 def _population_group(members) -> None:

@@ -103,31 +103,42 @@ def dominant_frequency(vectors: np.ndarray, n_points: int, c: int = 1) -> np.nda
     return power.argmax(axis=0)
 
 
+class Linearisation:
+    """The network linearised at θ_0 under gradient descent on a quadratic loss: the eigenpairs of
+    S_1 = H^{1/2} K_0 H^{1/2}, found once; S = η S_1 for any step η."""
+
+    def __init__(self, k0: np.ndarray, hess: np.ndarray):
+        hw, hu = np.linalg.eigh((hess + hess.T) / 2)
+        if hw.min() <= 1e-12 * max(hw.max(), 1e-300):
+            raise ValueError("the loss's Hessian in output space is singular; the closed form needs it positive definite")
+        self.root = (hu * np.sqrt(hw)) @ hu.T
+        self.inv_root = (hu / np.sqrt(hw)) @ hu.T
+        self.s, self.v = np.linalg.eigh(self.root @ ((k0 + k0.T) / 2) @ self.root)
+
+    @property
+    def stable_lr(self) -> float:
+        """1 / λ_max(K_0 H): the largest gradient-descent step that moves the top mode without overshoot."""
+        top = float(self.s[-1])
+        return 1.0 / top if top > 0 else math.nan
+
+    def residuals(self, r0: np.ndarray, lr: float, steps, flow: bool = False) -> np.ndarray:
+        """r_t (len(steps), N) from r0 by gradient descent with step lr (flow=True: gradient
+        flow at time lr · t)."""
+        s = lr * self.s
+        z0 = self.v.T @ (self.root @ r0)
+        t = np.asarray(steps, dtype=float)[:, None]
+        if flow:
+            factors = np.exp(-s[None, :] * t)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # a step past 2/λ diverges: inf is the answer
+                factors = (1 - s)[None, :] ** t
+        return (factors * z0[None, :]) @ self.v.T @ self.inv_root.T
+
+
 def predict(k0: np.ndarray, hess: np.ndarray, r0: np.ndarray, lr: float, steps, flow: bool = False) -> np.ndarray:
     """Residuals r_t (len(steps), N) of the linearised model trained from r0 by gradient
     descent with step lr (flow=True: gradient flow at time lr · t)."""
-    hw, hu = np.linalg.eigh((hess + hess.T) / 2)
-    if hw.min() <= 1e-12 * max(hw.max(), 1e-300):
-        raise ValueError("the loss's Hessian in output space is singular; the closed form needs it positive definite")
-    root = (hu * np.sqrt(hw)) @ hu.T
-    inv_root = (hu / np.sqrt(hw)) @ hu.T
-    s, v = np.linalg.eigh(lr * root @ ((k0 + k0.T) / 2) @ root)
-    z0 = v.T @ (root @ r0)
-    t = np.asarray(steps, dtype=float)[:, None]
-    if flow:
-        factors = np.exp(-s[None, :] * t)
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):  # a step past 2/λ diverges: inf is the answer
-            factors = (1 - s)[None, :] ** t
-    return (factors * z0[None, :]) @ v.T @ inv_root.T
-
-
-def stable_lr(k0: np.ndarray, hess: np.ndarray) -> float:
-    """1 / λ_max(K_0 H): the largest gradient-descent step that moves the top mode without overshoot."""
-    hw, hu = np.linalg.eigh((hess + hess.T) / 2)
-    root = (hu * np.sqrt(np.clip(hw, 0, None))) @ hu.T
-    top = float(np.linalg.eigvalsh(root @ ((k0 + k0.T) / 2) @ root)[-1])
-    return 1.0 / top if top > 0 else math.nan
+    return Linearisation(k0, hess).residuals(r0, lr, steps, flow)
 
 
 def agreement(predicted: np.ndarray, measured: np.ndarray) -> float:

@@ -248,9 +248,8 @@ class Recorder:
             trouble = f"{type(e).__name__}: {e}"[:5000]
             tags["fpdsl.error"] = f"writing the run's results failed: {trouble}"
             status = "FAILED"
-        variant = getattr(self.parts.objective, "variant", None)
-        if variant is not None:
-            tags["fpdsl.kernel"] = variant.name  # the batched forward's variant on this machine (fpdsl.tuning)
+        if self.parts.objective.variant is not None:  # the batched forward's variant on this machine (fpdsl.tuning)
+            tags["fpdsl.kernel"] = self.parts.objective.variant.name
         t.set_tags(tags | {"fpdsl.tracking_seconds": f"{t.seconds:.4f}"})
         confirmed, why = t.close(status, self.cfg.tracking.timeout)
         if why and why.startswith("the store refused"):

@@ -36,6 +36,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 MARKER = ".fpdsl-interrupted"
 LAST = {"status": None}  # the status the launching process gave its sweep (read by the command line)
 _SIGNALS = {"count": 0}
+_FORK_HOOK: list = []  # os.register_at_fork cannot be undone: register once per process
 
 
 def cores() -> int:
@@ -207,7 +208,9 @@ def fork_joblib_workers(config) -> None:
     if "TorchOptimizer" in str(config.get("optimizer", {}).get("_target_", "")):
         import torch._dynamo  # noqa: F401  (torch.optim imports it at its first step)
     set_start_method("fork", force=True)
-    os.register_at_fork(after_in_child=fresh_connections)
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=fresh_connections)
+        _FORK_HOOK.append(True)
 
 
 def fresh_connections() -> None:

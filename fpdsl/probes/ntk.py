@@ -71,6 +71,7 @@ class NTK:
         self.eig_freqs: list[np.ndarray] = []  # dominant frequency of each leading eigenvector (grid only)
         self.drifts: list[float] = []
         self._loss = None  # the run's loss function (not kept in checkpoints: the next observation sets it)
+        self._linear = None  # ntk.Linearisation of the first kernel, made when the prediction is needed
 
     # -- during training -------------------------------------------------------------------
     def observe(self, step, view) -> dict:
@@ -115,8 +116,7 @@ class NTK:
         from fpdsl.optim import TorchOptimizer
 
         opt = self.optimizer
-        k0, hess = self.initial["K"], self.initial["H"]
-        limit = ntk.stable_lr(k0, hess)
+        limit = self.linearisation().stable_lr
         own = opt.lr if isinstance(opt, TorchOptimizer) else None
         gd = isinstance(opt, TorchOptimizer) and opt.cls is torch.optim.SGD and not any(
             opt.hyper.get(k) for k in ("momentum", "weight_decay"))
@@ -136,11 +136,17 @@ class NTK:
         return lr, False, (f"reference: gradient descent with lr {lr:g} ({source}) over the same steps; this run uses "
                            f"{what}, which the linearisation does not describe")
 
+    def linearisation(self) -> ntk.Linearisation:
+        """The linearised network of the first kernel (decomposed once)."""
+        if self._linear is None:
+            self._linear = ntk.Linearisation(self.initial["K"], self.initial["H"])
+        return self._linear
+
     def predicted(self, flow: bool = False, lr: float | None = None) -> np.ndarray:
         """Predicted outputs (T, n, c) at the observed steps (lr: the rule's, when not given)."""
         lr = self.rule()[0] if lr is None else lr
         t = np.asarray(self.steps, dtype=float) - self.initial["step"]
-        r = ntk.predict(self.initial["K"], self.initial["H"], self.initial["r0"], lr, t, flow=flow)
+        r = self.linearisation().residuals(self.initial["r0"], lr, t, flow=flow)
         return r.reshape(len(t), *self.y.shape) + self.y
 
     def finish(self, title: str = ""):
