@@ -155,7 +155,7 @@ def _step_count(member) -> str:
 
 def _torch_group(members) -> None:
     from fpdsl import runner
-    from fpdsl.recorder import Diverged
+    from fpdsl.recorder import Diverged, observe_together
 
     objs = [m.parts.objective for m in members]
     o0 = objs[0]
@@ -205,6 +205,7 @@ def _torch_group(members) -> None:
         step += 1
         order, losses, h = evaluate()
         th = thetas()
+        observe_together([members[i].rec for i in order], step, h)
         done = set()
         for j, i in enumerate(order):
             m = members[i]

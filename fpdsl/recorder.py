@@ -28,6 +28,30 @@ class Diverged(RuntimeError):
         return type(self), (self.step, self.loss)
 
 
+def observe_together(recorders, local_step: int, outputs) -> None:
+    """Probes of several runs (a batched group, at one step) that can observe together do so in
+    one call per kind (`observe_many`, e.g. Δ_F for all runs as one matrix product); each
+    recorder then logs its probe's observation at that step as if the probe had made it.
+    outputs: the runs' outputs on the dataset (M, n, c) tensor, in the order of recorders."""
+    groups = {}
+    for j, rec in enumerate(recorders):
+        step, names = rec.due(local_step)
+        for name in names:
+            probe = rec.probes[name]
+            if hasattr(probe, "observe_many"):
+                groups.setdefault((type(probe), probe.batch_key()), []).append((rec, name, step, j))
+    if not groups:
+        return
+    from fpdsl.objective import Objective
+
+    array = Objective._numpy(outputs)
+    for (cls, _), items in groups.items():
+        found = cls.observe_many([rec.probes[name] for rec, name, _, _ in items], [step for _, _, step, _ in items],
+                                 array[[j for *_, j in items]])
+        for (rec, name, step, _), values in zip(items, found):
+            rec.ready[name] = (step, values)
+
+
 class Recorder:
     def __init__(self, tracker, parts, cfg, first: int = 0, ckpt: dict | None = None, skip: dict | None = None,
                  sweep_stop=None, say=print):
@@ -64,6 +88,7 @@ class Recorder:
         self.previous_ckpt = None  # bytes of the checkpoint before the last one
         self.seconds = {"probes": 0.0}
         self.arrays = {}  # probes' histories for probe_history.npz
+        self.ready = {}  # probe → (step, scalars) observed already, for several runs at once (observe_together)
         self.output_dir = _hydra_output_dir()  # the job's folder (its .hydra/ goes to the run's artifacts)
 
     # -- during training -------------------------------------------------------------
@@ -138,7 +163,9 @@ class Recorder:
         metrics = {}
         view = StepView(self.parts.objective, theta)
         for name in due:
-            values = {f"{name}/{k}": v for k, v in self.probes[name].observe(step, view).items()}
+            ready = self.ready.pop(name, None)
+            found = ready[1] if ready is not None and ready[0] == step else self.probes[name].observe(step, view)
+            values = {f"{name}/{k}": v for k, v in found.items()}
             if not values:  # an observation kept only in the probe's history (ntk between kernels)
                 continue
             self.latest[name] = (step, values, n_evals)
@@ -150,6 +177,11 @@ class Recorder:
         self.observed = step
         self.seconds["probes"] += time.perf_counter() - t
         return metrics
+
+    def due(self, local_step: int) -> tuple[int, list[str]]:
+        """The step and the probes that observe at it."""
+        step = self.first + local_step
+        return step, [name for name in self.probes if self.cadence[name](step)]
 
     def _snapshot(self, name, step) -> None:
         image = getattr(self.probes[name], "image", None)

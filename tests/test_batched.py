@@ -39,6 +39,11 @@ def test_each_member_equals_its_separate_run(tmp_path, optimizer):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
     assert member.data.metrics["final_loss"] == pytest.approx(single.data.metrics["final_loss"], rel=1e-3)
     assert member.data.metrics["final_n_evals"] == single.data.metrics["final_n_evals"]
+    delta = next(k for k in single.data.metrics if k.startswith("spectrum/delta/"))  # observed together
+    da = [m.value for m in client.get_metric_history(member.info.run_id, delta)]
+    db = [m.value for m in c2.get_metric_history(single.info.run_id, delta)]
+    assert len(da) == len(db) > 2
+    np.testing.assert_allclose(da, db, rtol=1e-3, atol=1e-5)
     for key in ("spectrum/n_converged", "spectrum/fp_order_halving"):
         assert member.data.metrics[key] == pytest.approx(single.data.metrics[key], nan_ok=True)
     arts = {x.path for x in client.list_artifacts(member.info.run_id)}
@@ -126,3 +131,25 @@ def test_many_runs_recording_at_once_in_one_process_never_exhaust_the_store(tmp_
         run = store.client.get_run(t.run_id)
         assert run.info.status == "FINISHED" and run.data.tags["done"] == "yes"
         assert len(store.client.get_metric_history(t.run_id, "loss")) == 40
+
+
+def test_spectrum_observes_several_runs_in_one_call_as_each_would_alone():
+    from fpdsl.data import Sines1D
+    from fpdsl.probes import Spectrum
+
+    data = Sines1D(frequencies=[1, 3, 5], n_points=101)
+    rng = np.random.default_rng(0)
+    outputs = rng.normal(size=(4, 101, 1))
+    alone, together = [Spectrum(data) for _ in range(4)], [Spectrum(data) for _ in range(4)]
+
+    class View:
+        def __init__(self, out):
+            self.output = out
+
+    expected = [p.observe(7, View(o)) for p, o in zip(alone, outputs)]
+    found = Spectrum.observe_many(together, [7] * 4, outputs)
+    assert len({p.batch_key() for p in together}) == 1
+    for e, f, a, t in zip(expected, found, alone, together):
+        assert e.keys() == f.keys() and np.allclose(list(e.values()), list(f.values()), rtol=1e-12)
+        assert np.allclose(a.deltas_other, t.deltas_other) and t.steps == [7]
+    assert not np.allclose(list(found[0].values()), list(found[1].values()))  # each its own output

@@ -54,7 +54,20 @@ class Spectrum:
         self.deltas_other: list[np.ndarray] = []
 
     def observe(self, step, view) -> dict:
-        out = self.rows @ view.output  # ĥ_k at the peaks, (K, c)
+        return self._record(step, self.rows @ view.output)  # ĥ_k at the peaks, (K, c)
+
+    def batch_key(self):
+        """Probes with equal keys observe several runs' outputs in one `observe_many` call."""
+        return (self.variant, self.rows.shape, self.ks.tobytes())
+
+    @staticmethod
+    def observe_many(probes, steps, outputs: np.ndarray) -> list[dict]:
+        """Each probe's observation of its run's output (outputs (M, n, c)), the DFT at the peaks
+        of all of them as one matrix product (the runs of a batched group)."""
+        coeffs = np.einsum("kn,mnc->mkc", probes[0].rows, outputs)
+        return [p._record(step, out) for p, step, out in zip(probes, steps, coeffs)]
+
+    def _record(self, step, out) -> dict:
         if self.target_at_peaks.ndim == 1:
             out = out[:, 0]
         d = spectral.delta_at(out, self.target_at_peaks, self.variant)
