@@ -190,12 +190,14 @@ def _torch_group(members) -> None:
         return order, losses.detach(), h.detach()
 
     def thetas():
-        return {i: st.param[row].detach() for st in stacks for row, i in enumerate(st.rows)}
+        """Each member's θ now: rows of one copy of the stacks (the next step updates them in place)."""
+        snap = torch.cat([st.param.detach() for st in stacks]) if len(stacks) > 1 else stacks[0].param.detach().clone()
+        return list(snap.unbind())
 
     order, _, h = evaluate()  # θ_0's gradients, for the first step
     th = thetas()
     for j, i in enumerate(order):
-        objs[i]._last = (th[i].clone(), h[j])
+        objs[i]._last = (th[j], h[j])
     for i, m in enumerate(members):
         if m.parts.optimizer._resume is not None:
             objs[i].n_evals -= 1  # the checkpoint's θ was evaluated, and counted, before it was saved
@@ -207,11 +209,11 @@ def _torch_group(members) -> None:
         th = thetas()
         observe_together([members[i].rec for i in order], step, h)
         done = set()
-        for j, i in enumerate(order):
+        for j, (i, loss) in enumerate(zip(order, losses.tolist())):
             m = members[i]
-            objs[i]._last = (th[i].clone(), h[j])
+            objs[i]._last = (th[j], h[j])
             try:
-                if m.rec.on_step(step, th[i], objs[i].n_evals, float(losses[j])):
+                if m.rec.on_step(step, th[j], objs[i].n_evals, loss):
                     runner.ended(m)
                     done.add(i)
             except Diverged as e:  # this member alone

@@ -122,9 +122,12 @@ class Objective:
     def batched_forward(self, thetas: torch.Tensor) -> torch.Tensor:
         """The network at every row of Θ (S, P): (S, n, c), differentiable (fpdsl.batch trains
         several runs' parameters at once through it)."""
-        if self.kernel is not None:  # with gradients torch's tanh (one fused backward) beats the fold
-            fold = (self.variant or tuning.DEFAULT).fold and not torch.is_grad_enabled()
-            return self.kernel(self._layers(thetas), self.x, fold=fold)
+        if self.kernel is not None:
+            if not torch.is_grad_enabled():
+                return self.kernel(self._layers(thetas), self.x, fold=(self.variant or tuning.DEFAULT).fold)
+            if self.kernel.closed_form and self.y.shape[-1] == 1:
+                return _OneHiddenLayer.apply(thetas, self)
+            return self.kernel(self._layers(thetas), self.x, fold=False)  # torch's tanh: one fused backward
         params = self.unflatten(thetas)
         if self._vmap_ok:
             try:
@@ -218,6 +221,8 @@ class _MLPKernel:
         self.acts = acts  # between consecutive linears: a name ("tanh", "relu", ...) or a callable
         self.act_forwards = act_forwards  # the activation modules' own forward methods
         self.work = {}  # reused hidden-state buffers (no-grad calls): no fresh pages every call
+        # Linear → tanh or sigmoid → Linear: its members' gradient has a closed form (_OneHiddenLayer)
+        self.closed_form = len(linears) == 2 and acts[0] in ("tanh", "sigmoid")
 
     @classmethod
     def of(cls, model: nn.Module):
@@ -323,3 +328,42 @@ class _MLPKernel:
             out = torch.bmm(h, Wt, out=out)
             return out.mul_(alpha) if alpha != 1.0 else out
         return torch.baddbmm(b, h, Wt, beta=beta, alpha=alpha, out=out)
+
+
+class _OneHiddenLayer(torch.autograd.Function):
+    """h = σ(x W1ᵀ + b1), out = h W2ᵀ + b2 for a batch of members (S, n, 1), σ = tanh or sigmoid,
+    with the gradient of θ (S, P) in closed form.
+
+    Why not autograd: its backward writes dL/dh and dL/dz, two more (S, n, width) tensors, and
+    reduces them one parameter at a time; a batched training step of 16-64 members took 2.4-3×
+    as long (benchmarks/bench_batched.py, docs/performance.md). With one output, g = dL/dout
+    (S, n, 1) and σ' a polynomial in h (tanh: 1 − h², sigmoid: h − h²), every gradient is a
+    batched product of A = [g; g·x_d] (S, 1+d, n) with h or h²:
+        dW2 = gᵀh,  [db1; dW1ᵀ] = W2 ⊙ (A·σ'(h)) = W2 ⊙ (ΣA − A h²)  or  W2 ⊙ (A h − A h²),  db2 = Σg.
+    tests/test_batched.py checks it against autograd (gradcheck, float64)."""
+
+    @staticmethod
+    def forward(ctx, thetas, objective):
+        k = objective.kernel
+        (W1t, b1), (W2t, b2) = k.layers(objective.unflatten(thetas))
+        h = k._affine(None, objective.x, W1t, b1, 1.0, 1.0)
+        h = h.tanh_() if k.acts[0] == "tanh" else h.sigmoid_()
+        ctx.objective = objective
+        ctx.save_for_backward(thetas, h)
+        return k._affine(h, objective.x, W2t, b2, 1.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        obj = ctx.objective
+        thetas, h = ctx.saved_tensors
+        names = obj.kernel.linears
+        W2 = obj.unflatten(thetas)[names[1] + ".weight"]  # (S, 1, width)
+        gr = g.transpose(1, 2)  # (S, 1, n)
+        A = torch.cat([gr, gr * obj.x.T.unsqueeze(0)], 1)  # (S, 1+d, n)
+        S1 = torch.bmm(A, h)
+        S2 = torch.bmm(A, h * h)
+        core = ((A.sum(-1, keepdim=True) if obj.kernel.acts[0] == "tanh" else S1) - S2) * W2  # [db1; dW1ᵀ]
+        grads = {names[0] + ".weight": core[:, 1:].transpose(1, 2), names[0] + ".bias": core[:, 0],
+                 names[1] + ".weight": S1[:, :1], names[1] + ".bias": gr.sum(-1)}
+        S = thetas.shape[0]
+        return torch.cat([grads[n].reshape(S, -1) for n in obj.names], 1), None

@@ -236,6 +236,13 @@ class Recorder:
     def close(self, status: str, error: BaseException | None = None) -> tuple[str, str]:
         """Every end-of-run write, then the status: FINISHED only when all of them reached the
         store. Returns (final status, summary text)."""
+        self.write_end(status, error)
+        return self.confirm()
+
+    def write_end(self, status: str, error: BaseException | None = None) -> None:
+        """The end-of-run writes, handed to the sender at once: several runs ending together (a
+        batched group) write one after another while the store confirms the earlier ones, then
+        `confirm` each."""
         if self.bar is not None:
             self.bar.close()
         interrupt.STATE.closing = True
@@ -283,6 +290,14 @@ class Recorder:
         if self.parts.objective.variant is not None:  # the batched forward's variant on this machine (fpdsl.tuning)
             tags["fpdsl.kernel"] = self.parts.objective.variant.name
         t.set_tags(tags | {"fpdsl.tracking_seconds": f"{t.seconds:.4f}"})
+        t.hurry()
+        self.ending = (status, summary)
+
+    def confirm(self) -> tuple[str, str]:
+        """The status, once the store confirmed everything before it (after `write_end`).
+        Returns (final status, summary text)."""
+        status, summary = self.ending
+        t = self.tracker
         confirmed, why = t.close(status, self.cfg.tracking.timeout)
         if why and why.startswith("the store refused"):
             status = "FAILED"

@@ -138,11 +138,22 @@ def fail(member: Member, e: BaseException) -> None:
 
 def close(member: Member) -> None:
     """Every end-of-run write, then the status."""
+    write_end(member)
+    confirm(member)
+
+
+def write_end(member: Member) -> None:
+    """The end-of-run writes, sent without waiting (several members: all of them, then `confirm` each)."""
     if member.abort in interrupt.STATE.on_abort:
         interrupt.STATE.on_abort.remove(member.abort)
     if member.monitor is not None:
         member.monitor.finish()
-    member.status, member.summary = member.rec.close(member.status, member.error)
+    member.rec.write_end(member.status, member.error)
+
+
+def confirm(member: Member) -> None:
+    """The status, once the store has everything before it."""
+    member.status, member.summary = member.rec.confirm()
 
 
 def outcome(member: Member) -> str:
@@ -245,7 +256,8 @@ def _model(cfg, data, device=None):
 
 # -- the store ---------------------------------------------------------------------------
 def open_store(cfg):
-    """The store, opened with bounded waits; runs left behind by gone processes recovered."""
+    """The store, opened with bounded waits; runs left behind by gone processes recovered (the
+    first time this process opens it)."""
     from fpdsl.store import Store, StoreError
 
     try:
@@ -257,9 +269,14 @@ def open_store(cfg):
         raise ConfigError(f"tracking.uri: cannot use MLflow store {cfg.tracking.uri!r} ({first[:200]})") from None
     if interrupt.requested() is not None:
         raise interrupt.Interrupted(interrupt.requested(), "before the run was created; nothing was recorded")
-    for note in store.recover():
-        say(note)
+    if cfg.tracking.uri not in _RECOVERED:  # once a process: a sweep's later jobs would find only this process's runs
+        _RECOVERED.add(cfg.tracking.uri)
+        for note in store.recover():
+            say(note)
     return store
+
+
+_RECOVERED: set[str] = set()  # stores this process has recovered (fpdsl.store.Store.recover)
 
 
 def start_run(store, cfg, parts: Parts, job_tags: dict):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import signal
 import sys
@@ -49,6 +50,20 @@ def cores() -> int:
 
 def marker(sweep_dir: str) -> Path:
     return Path(sweep_dir) / MARKER
+
+
+_LOOKED = {}  # sweep folder → (time.monotonic() of the last look for its marker, found)
+
+
+def interrupted(sweep_dir: str, every: float = 0.2) -> bool:
+    """Whether the sweep's marker exists, looked for at most every `every` seconds: every run of
+    a sweep asks at every step (a batched group of 64 asked 64 times a step, each a stat call)."""
+    now = time.monotonic()
+    last, found = _LOOKED.get(sweep_dir, (-math.inf, False))
+    if now - last >= every:
+        found = marker(sweep_dir).exists()
+        _LOOKED[sweep_dir] = (now, found)
+    return found
 
 
 def mark_interrupted(sweep_dir: str, signum: int) -> None:
@@ -274,7 +289,7 @@ def job(store, cfg, config_hash: str) -> dict:
     if h.mode != RunMode.MULTIRUN:
         return {}
     sweep_dir = os.path.abspath(str(h.sweep.dir))
-    out = {"job": h.job.num, "stop": lambda: marker(sweep_dir).exists()}
+    out = {"job": h.job.num, "stop": lambda: interrupted(sweep_dir)}
     parent = _parent_from_env(sweep_dir, store) or _parent_from_store(sweep_dir, store)
     if parent is None:
         return out

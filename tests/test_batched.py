@@ -153,3 +153,31 @@ def test_spectrum_observes_several_runs_in_one_call_as_each_would_alone():
         assert e.keys() == f.keys() and np.allclose(list(e.values()), list(f.values()), rtol=1e-12)
         assert np.allclose(a.deltas_other, t.deltas_other) and t.steps == [7]
     assert not np.allclose(list(found[0].values()), list(found[1].values()))  # each its own output
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("in_dim,bias", [(1, True), (2, True), (1, False)])
+def test_the_closed_form_gradient_of_a_batch_of_members_is_autograds(activation, in_dim, bias):
+    import torch
+
+    from fpdsl.losses import MSE
+    from fpdsl.models import MLP
+    from fpdsl.objective import Objective, _OneHiddenLayer
+
+    torch.manual_seed(0)
+    model = MLP(in_dim=in_dim, out_dim=1, width=7, depth=1, activation=activation, bias=bias)
+    obj = Objective(model, torch.randn(9, in_dim), torch.randn(9, 1), MSE(), dtype=torch.float64)
+    assert obj.kernel.closed_form
+    thetas = (obj.theta0 + 0.3 * torch.randn(3, obj.n_params, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: _OneHiddenLayer.apply(t, obj), (thetas,))
+    weights = torch.randn(3, 9, 1, dtype=torch.float64)  # any dL/dout
+    (mine,) = torch.autograd.grad((obj.batched_forward(thetas) * weights).sum(), thetas)
+    with torch.no_grad():
+        plain = obj.kernel(obj.kernel.layers(obj.unflatten(thetas)), obj.x, fold=False)
+    assert torch.allclose(obj.batched_forward(thetas).detach(), plain, rtol=1e-12)
+    autograd_out = obj.kernel(obj.kernel.layers(obj.unflatten(thetas)), obj.x, fold=False)
+    (reference,) = torch.autograd.grad((autograd_out * weights).sum(), thetas)
+    assert torch.allclose(mine, reference, rtol=1e-10, atol=1e-12)
+    # two hidden layers or several outputs: autograd's own backward (no closed form)
+    deeper = Objective(MLP(in_dim=in_dim, out_dim=1, width=7, depth=2, activation=activation), obj.x, obj.y, MSE())
+    assert not deeper.kernel.closed_form

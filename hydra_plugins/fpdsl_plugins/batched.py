@@ -78,12 +78,14 @@ class BatchedLauncher(Launcher):
                 else:
                     returns[i] = ret
             batch.train_members([m._return_value for m, _ in members.values()])
-            for i, (ret, cfg) in members.items():
-                member = ret._return_value
-                HydraConfig.instance().set_config(cfg)
-                configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
-                runner.close(member)
-                returns[i] = self._outcome(ret, member)
+            # every member's end-of-run writes first, sent while the next one writes; then each status
+            for end in (runner.write_end, runner.confirm):
+                for i, (ret, cfg) in members.items():
+                    HydraConfig.instance().set_config(cfg)
+                    configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+                    end(ret._return_value)
+                    if end is runner.confirm:
+                        returns[i] = self._outcome(ret, ret._return_value)
         return returns
 
     @staticmethod
