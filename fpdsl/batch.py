@@ -176,12 +176,13 @@ def _torch_group(members) -> None:
         return opt
 
     opt = build(stacks)
+    work = {}  # the forward pass's buffers, reused every step
 
     def evaluate():
         opt.zero_grad(set_to_none=False)
         params = [st.param for st in stacks]
         order = [i for st in stacks for i in st.rows]
-        h = o0.batched_forward(params[0] if len(params) == 1 else torch.cat(params))
+        h = o0.batched_forward(params[0] if len(params) == 1 else torch.cat(params), work)
         y = o0.y if targets is None else targets[order]
         losses = o0.loss_fn(h, y)
         losses.sum().backward()  # the sum's gradient for each member is its own loss's gradient

@@ -6,26 +6,25 @@ with K = 10 the steps 0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, 31, 39, 49, 62, 78
 """
 from __future__ import annotations
 
-import math
-
 
 class Cadence:
     def __init__(self, every: int | None = None, per_decade: int | None = None):
         self.every = every
         self.per_decade = per_decade
+        self._upto, self._steps = -1, frozenset()  # the log-spaced steps up to _upto (asked every step of every run)
 
     def __call__(self, step: int) -> bool:
         if step == 0 or (self.every and step % self.every == 0):
             return True
-        return bool(self.per_decade) and is_log_step(step, self.per_decade)
+        if not self.per_decade:
+            return False
+        if step > self._upto:
+            self._upto = max(2 * self._upto, step, 1000)
+            self._steps = frozenset(log_steps(self._upto, self.per_decade))
+        return step in self._steps
 
     def __repr__(self):
         return f"Cadence(every={self.every}, per_decade={self.per_decade})"
-
-
-def is_log_step(step: int, per_decade: int) -> bool:
-    i = int(per_decade * math.log10(step + 1))
-    return any(round(10 ** (j / per_decade)) - 1 == step for j in (i - 1, i, i + 1, i + 2))
 
 
 def log_steps(last: int, per_decade: int) -> list[int]:

@@ -119,14 +119,16 @@ class Objective:
         return torch.cat([self._batched_loss(thetas[i : i + chunk], None if y is None else y[i : i + chunk])
                           for i in range(0, S, chunk)])
 
-    def batched_forward(self, thetas: torch.Tensor) -> torch.Tensor:
+    def batched_forward(self, thetas: torch.Tensor, work: dict | None = None) -> torch.Tensor:
         """The network at every row of Θ (S, P): (S, n, c), differentiable (fpdsl.batch trains
-        several runs' parameters at once through it)."""
+        several runs' parameters at once through it). work: a dict in which the hidden states'
+        buffer is kept from call to call, for a caller that runs each call's backward pass
+        once, before the next call (a training loop)."""
         if self.kernel is not None:
             if not torch.is_grad_enabled():
                 return self.kernel(self._layers(thetas), self.x, fold=(self.variant or tuning.DEFAULT).fold)
             if self.kernel.closed_form and self.y.shape[-1] == 1:
-                return _OneHiddenLayer.apply(thetas, self)
+                return _OneHiddenLayer.apply(thetas, self, work)
             return self.kernel(self._layers(thetas), self.x, fold=False)  # torch's tanh: one fused backward
         params = self.unflatten(thetas)
         if self._vmap_ok:
@@ -343,10 +345,18 @@ class _OneHiddenLayer(torch.autograd.Function):
     tests/test_batched.py checks it against autograd (gradcheck, float64)."""
 
     @staticmethod
-    def forward(ctx, thetas, objective):
+    def forward(ctx, thetas, objective, work):
         k = objective.kernel
         (W1t, b1), (W2t, b2) = k.layers(objective.unflatten(thetas))
-        h = k._affine(None, objective.x, W1t, b1, 1.0, 1.0)
+        buffer = None
+        if work is not None:  # a fresh (S, n, width) tensor a step cost page faults: 15-25 % of the step
+            key = (thetas.shape[0], objective.x.shape[0], W1t.shape[-1], thetas.dtype)
+            buffer = work.get(key)
+            if buffer is None:
+                work.clear()
+                buffer = work[key] = torch.empty(key[:3], dtype=thetas.dtype, device=thetas.device)
+        ctx.reused = buffer is not None
+        h = k._affine(None, objective.x, W1t, b1, 1.0, 1.0, out=buffer)
         h = h.tanh_() if k.acts[0] == "tanh" else h.sigmoid_()
         ctx.objective = objective
         ctx.save_for_backward(thetas, h)
@@ -361,9 +371,9 @@ class _OneHiddenLayer(torch.autograd.Function):
         gr = g.transpose(1, 2)  # (S, 1, n)
         A = torch.cat([gr, gr * obj.x.T.unsqueeze(0)], 1)  # (S, 1+d, n)
         S1 = torch.bmm(A, h)
-        S2 = torch.bmm(A, h * h)
+        S2 = torch.bmm(A, h.square_() if ctx.reused else h * h)  # the buffer's h is not needed any more
         core = ((A.sum(-1, keepdim=True) if obj.kernel.acts[0] == "tanh" else S1) - S2) * W2  # [db1; dW1ᵀ]
         grads = {names[0] + ".weight": core[:, 1:].transpose(1, 2), names[0] + ".bias": core[:, 0],
                  names[1] + ".weight": S1[:, :1], names[1] + ".bias": gr.sum(-1)}
         S = thetas.shape[0]
-        return torch.cat([grads[n].reshape(S, -1) for n in obj.names], 1), None
+        return torch.cat([grads[n].reshape(S, -1) for n in obj.names], 1), None, None

@@ -145,3 +145,14 @@ def test_a_wheel_in_a_fresh_environment_works_from_any_folder(tmp_path):
     fpdsl("--config-dir", str(work / "mine"), "experiment=tiny_mine")
     missing = fpdsl("model._target_=notthere.Net", check=False)
     assert missing.returncode == 2 and "PYTHONPATH" in missing.stderr
+
+
+def test_a_cadence_is_every_n_steps_and_the_rounded_powers_of_ten():
+    from fpdsl.cadence import Cadence
+
+    for every, per_decade in [(None, 1), (None, 10), (7, 20), (50, 33)]:
+        cadence = Cadence(every, per_decade)
+        powers = {round(10 ** (i / per_decade)) - 1 for i in range(6 * per_decade)}
+        want = [s for s in range(300_000) if s == 0 or (every and s % every == 0) or s in powers]
+        assert [s for s in range(300_000) if cadence(s)] == want
+    assert [s for s in range(20) if Cadence(None, 10)(s)] == [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19]
