@@ -4,10 +4,11 @@
 
 Every job is prepared as Hydra's launchers prepare it (its own output folder, .hydra/,
 job log, callbacks) and becomes its own MLflow child run; then the jobs that can share a
-batched call train together and the rest one after another, all in this process, and
+batched call train together and the rest one after another in the same process, and
 each ends with its own status. A job with bad input fails alone; so does a member that
-diverges. n_jobs > 1 forks that many workers from this process (imports already paid),
-each taking whole groups of jobs.
+diverges. Workers (n_jobs; unset: one per core on CPU) are forked from this process
+(imports already paid), each taking whole groups of jobs, or halves of a group when
+there are fewer groups than workers.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def _prepare(cfg):
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, n_jobs: int = 1) -> None:
-        self.n_jobs = max(1, int(n_jobs))
+    def __init__(self, n_jobs: int | None = None) -> None:
+        self.n_jobs = None if n_jobs is None else max(1, int(n_jobs))
         self.config = self.hydra_context = self.task_function = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -58,9 +59,10 @@ class BatchedLauncher(Launcher):
                 cfg.hydra.job.id = f"job_id_for_{initial_job_idx + idx}"
                 cfg.hydra.job.num = initial_job_idx + idx
             configs.append(cfg)
-        if self.n_jobs == 1 or len(configs) == 1:
+        workers = self.n_jobs or _workers(configs)
+        if workers == 1 or len(configs) == 1:
             return self._launch(configs)
-        return self._forked(configs)
+        return self._forked(configs, workers)
 
     # -- in this process -------------------------------------------------------------------
     def _launch(self, configs) -> list[JobReturn]:
@@ -104,11 +106,15 @@ class BatchedLauncher(Launcher):
                          task_name=ret.task_name, status=status, _return_value=value)
 
     # -- forked workers --------------------------------------------------------------------
-    def _forked(self, configs) -> list[JobReturn]:
+    def _forked(self, configs, workers: int) -> list[JobReturn]:
         """n_jobs workers forked from this process (torch, MLflow and Hydra already imported),
         each with a share of the jobs (seeds of one config together, so they still batch)."""
         groups = _by_group(configs)
-        shares = [[] for _ in range(min(self.n_jobs, len(groups)))]
+        while len(groups) < workers and max(map(len, groups)) > 1:  # fewer groups than workers: halve
+            largest = max(groups, key=len)  # the largest (each half still trains together)
+            groups.remove(largest)
+            groups += [largest[: len(largest) // 2], largest[len(largest) // 2 :]]
+        shares = [[] for _ in range(min(workers, len(groups)))]
         for group in sorted(groups, key=len, reverse=True):  # whole groups, the largest first, to the emptiest
             min(shares, key=len).extend(group)
         children = []
@@ -226,6 +232,17 @@ def _derived(base, base_parsed, parsed, master_config):
     return cfg
 
 
+def _workers(configs) -> int:
+    """n_jobs unset: a worker per core on CPU. Outside training, a group's work (its jobs' configs,
+    runs, records, figures) is Python on one core: 64 seeds took 24 s in one process, 18 s in
+    two (benchmarks/bench_batched.py). One on a GPU, which one batched group fills better."""
+    from fpdsl.sweep import cores
+
+    if any(str(c.get("device", "cpu")) != "cpu" for c in configs):
+        return 1
+    return max(1, min(cores(), len(configs)))
+
+
 def _by_group(configs) -> list[list[int]]:
     """Job indices grouped: jobs that differ only in their seed together (they batch)."""
     from omegaconf import OmegaConf
@@ -242,9 +259,11 @@ def _by_group(configs) -> list[list[int]]:
 def _after_fork(workers: int) -> None:
     """A forked worker: its share of the cores, and database connections of its own (the
     parent's SQLAlchemy pools are dropped without closing the parent's connections)."""
-    from fpdsl.sweep import cores, fresh_connections, limit_threads
+    from fpdsl.sweep import THREADS_ENV, cores, fresh_connections, limit_threads
 
-    limit_threads(max(1, cores() // workers))
+    n = max(1, cores() // workers)
+    os.environ[THREADS_ENV] = str(n)  # what each job's start sets (fpdsl.sweep.job_threads): else every worker took all cores
+    limit_threads(n)
     fresh_connections()
 
 
