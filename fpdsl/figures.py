@@ -25,14 +25,28 @@ def heatmap_on(ax, steps, values, row_labels, vmin, vmax, cmap):
     return mesh
 
 
-def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cmap="RdBu_r", ylabel="frequency index k"):
+_KEPT = {}  # a heat map's layout → (figure, mesh, axes), for heatmap(..., reuse=True)
+
+
+def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cmap="RdBu_r", ylabel="frequency index k",
+            reuse=False):
     """values (T, R) as an image: one row per R (first at the bottom), one column per step.
 
     Step axis log-scaled (step + 1) so the early, interesting part of training is visible.
     Axes placed at fixed margins (in inches): every run draws one, and matplotlib's
     constrained layout would double the drawing time (~0.16 s against ~0.08 s here).
+    reuse=True: the figure of the last heat map with the same steps, rows, scale and labels,
+    given these values and this title (no new figure, axes, ticks or colour bar: 31 ms
+    against 50 ms built and saved); it changes at the next such call, so only for a caller
+    that saves it at once (a run's end: many runs of a batched group draw the same layout).
     """
     lines = title.count("\n") + 1
+    key = (tuple(np.asarray(steps).tolist()), tuple(map(str, row_labels)), lines, cbar_label, vmin, vmax, cmap, ylabel)
+    if reuse and key in _KEPT:
+        fig, mesh, ax = _KEPT[key]
+        mesh.set_array(np.clip(np.asarray(values, dtype=float), vmin, vmax).T)
+        ax.set_title(title, fontsize="medium")
+        return fig
     w, h = 7.0, 0.5 * len(row_labels) + 1.95 + 0.25 * lines
     left, right, bottom, top, bar, gap = 0.85, 1.0, 0.55, 0.15 + 0.25 * lines, 0.15, 0.15
     fig = Figure(figsize=(w, h))
@@ -42,6 +56,10 @@ def heatmap(steps, values, row_labels, title, cbar_label, vmin=0.1, vmax=1.0, cm
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize="medium")
     fig.colorbar(mesh, cax=cax, label=cbar_label)
+    if reuse:
+        if len(_KEPT) >= 4:
+            _KEPT.clear()
+        _KEPT[key] = (fig, mesh, ax)
     return fig
 
 

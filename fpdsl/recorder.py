@@ -240,8 +240,8 @@ class Recorder:
         return self.confirm()
 
     def write_end(self, status: str, error: BaseException | None = None) -> None:
-        """The end-of-run writes, handed to the sender at once: several runs ending together (a
-        batched group) write one after another while the store confirms the earlier ones, then
+        """The end-of-run writes, committed to the log without waiting for the store: several runs
+        ending together (a batched group) write one after another while the senders work, then
         `confirm` each."""
         if self.bar is not None:
             self.bar.close()
@@ -290,7 +290,7 @@ class Recorder:
         if self.parts.objective.variant is not None:  # the batched forward's variant on this machine (fpdsl.tuning)
             tags["fpdsl.kernel"] = self.parts.objective.variant.name
         t.set_tags(tags | {"fpdsl.tracking_seconds": f"{t.seconds:.4f}"})
-        t.hurry()
+        t.commit()
         self.ending = (status, summary)
 
     def confirm(self) -> tuple[str, str]:

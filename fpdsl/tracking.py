@@ -178,11 +178,6 @@ class Tracker:
         self.sender.push(items)
         self.seconds += time.perf_counter() - t
 
-    def hurry(self) -> None:
-        """Send what was committed now, without waiting for it (close waits)."""
-        self.commit()
-        self.sender.hurry()
-
     def flush(self, timeout: float | None) -> bool:
         """Everything committed confirmed by the store (False: timed out or a permanent error)."""
         self.commit()

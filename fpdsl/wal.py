@@ -221,12 +221,6 @@ class Sender:
             if len(self.queue) >= FLUSH_AT:
                 self._cond.notify()
 
-    def hurry(self) -> None:
-        """Send what is queued now rather than at the next beat; don't wait."""
-        with self._cond:
-            self._urgent = True
-            self._cond.notify()
-
     def flush(self, timeout: float | None) -> bool:
         """Wait until everything pushed is confirmed; False on timeout or permanent error."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -268,8 +262,6 @@ class Sender:
                 else:
                     self.error = e
             with self._cond:
-                if not self.queue:
-                    self._urgent = False  # sent what was asked for (a waiting flush returns now too)
                 self._cond.notify_all()
             self._maybe_beat()
 

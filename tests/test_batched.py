@@ -214,3 +214,27 @@ def test_jobs_that_differ_in_plain_values_get_the_config_hydra_composes():
             assert OmegaConf.to_yaml(cfg) == want and cfg.seed == int(job[0][5:])
     assert composed == [jobs[0], jobs[3], jobs[4]]  # composed by Hydra; the rest derived
     GlobalHydra.instance().clear()
+
+
+def test_a_reused_heat_map_draws_what_a_new_one_draws():
+    import io
+
+    from matplotlib.image import imread
+
+    from fpdsl.figures import heatmap
+
+    rng = np.random.default_rng(0)
+    steps = list(range(0, 300, 10))
+    first, second = rng.uniform(0, 1, (30, 3)), rng.uniform(0, 1, (30, 3))
+
+    def png(fig):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=60)
+        buf.seek(0)
+        return imread(buf)
+
+    heatmap(steps, first, [1, 3, 5], title="run a\nholds", cbar_label="Δ", reuse=True)
+    again = png(heatmap(steps, second, [1, 3, 5], title="run b\nnot removed", cbar_label="Δ", reuse=True))
+    new = png(heatmap(steps, second, [1, 3, 5], title="run b\nnot removed", cbar_label="Δ"))
+    assert again.shape == new.shape and np.array_equal(again, new)
+    assert not np.array_equal(png(heatmap(steps, first, [1, 3, 5], title="run b\nnot removed", cbar_label="Δ")), new)

@@ -92,7 +92,7 @@ class Projection:
             self.steps, self.deltas, [f"{k} ({self.freqs[k]:.3g})" for k in self.ks],
             title=f"{title + chr(10) if title else ''}Δ_F ({self.variant}) along the projection — {j.verdict}, "
                   f"{j.n_converged}/{j.n_freqs} converged at ε = {self.eps:g}",
-            cbar_label="Δ_F (clipped to [0.1, 1])", ylabel="peak index k (frequency)",
+            cbar_label="Δ_F (clipped to [0.1, 1])", ylabel="peak index k (frequency)", reuse=True,
         )
         arrays = {
             "steps": np.asarray(self.steps), "direction": self.direction, "freqs": self.freqs, "peaks": self.ks,

@@ -76,7 +76,7 @@ class SpectralAmplitude:
             self.steps, np.asarray(self.values)[:, self.order], [f"{f:g}" for f in self.frequencies[self.order]],
             title=f"{title + chr(10) if title else ''}normalised amplitude 2|ĥ(k)|/(n A) — {j.verdict}, "
                   f"{j.n_converged}/{j.n_freqs} within ε = {self.eps:g} of 1; bias {j.bias}",
-            cbar_label="amplitude (clipped to [0, 1])", vmin=0.0, vmax=1.0, cmap="viridis", ylabel="frequency k",
+            cbar_label="amplitude (clipped to [0, 1])", vmin=0.0, vmax=1.0, cmap="viridis", ylabel="frequency k", reuse=True,
         )
         arrays = {"steps": np.asarray(self.steps), "frequencies": self.frequencies, "amplitudes": self.amplitudes,
                   "amplitude": np.asarray(self.values)} | verdict.arrays_of(j)

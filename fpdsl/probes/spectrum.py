@@ -94,7 +94,7 @@ class Spectrum:
             self.steps, self.deltas, self.ks,
             title=f"{title + chr(10) if title else ''}Δ_F ({self.variant}) at the target's peaks — {j.verdict}, "
                   f"{j.n_converged}/{j.n_freqs} converged at ε = {self.eps:g}",
-            cbar_label="Δ_F (clipped to [0.1, 1])",
+            cbar_label="Δ_F (clipped to [0.1, 1])", reuse=True,  # saved at once by the recorder
         )
         other = "magnitude" if self.variant == "complex" else "complex"
         arrays = {

@@ -83,8 +83,7 @@ class BatchedLauncher(Launcher):
             # every member's end-of-run writes first, sent while the next one writes; then each status
             for end in (runner.write_end, runner.confirm):
                 for i, (ret, cfg) in members.items():
-                    HydraConfig.instance().set_config(cfg)
-                    configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+                    configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)  # its lines into its job's log
                     end(ret._return_value)
                     if end is runner.confirm:
                         returns[i] = self._outcome(ret, ret._return_value)
