@@ -100,6 +100,26 @@ def test_forked_workers_share_the_jobs(tmp_path):
     _, runs = children(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs.values())
     assert proc.stdout.count("trained together") == 2
+    from fpdsl.sweep import cores
+
+    # each worker's jobs keep to its share of the cores (they took all of them: 4 threads on 2 cores)
+    assert {r.data.tags["fpdsl.threads"] for r in runs.values()} == {str(max(1, cores() // 2))}
+
+
+def test_one_group_is_halved_between_two_workers(tmp_path):
+    proc = run_cli(tmp_path, "-m", "hydra/launcher=batched", "hydra.launcher.n_jobs=2", "seed=0,1,2,3",
+                   "budget.max_steps=30", *SMALL)
+    _, runs = children(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs.values())
+    assert proc.stdout.count("2 runs of torch trained together") == 2
+    from hydra_plugins.fpdsl_plugins.batched import _workers
+    from omegaconf import OmegaConf
+
+    from fpdsl.sweep import cores
+
+    jobs = [OmegaConf.create({"device": "cpu"})] * 8
+    assert _workers(jobs) == min(cores(), 8) and _workers(jobs[:1]) == 1
+    assert _workers([OmegaConf.create({"device": "cuda"})] * 8) == 1  # one batched group fills a GPU better
 
 
 def test_many_runs_recording_at_once_in_one_process_never_exhaust_the_store(tmp_path):
