@@ -143,7 +143,7 @@ def close(member: Member) -> None:
 
 
 def write_end(member: Member) -> None:
-    """The end-of-run writes, sent without waiting (several members: all of them, then `confirm` each)."""
+    """The end-of-run writes, not waiting for the store (several members: all of them, then `confirm` each)."""
     if member.abort in interrupt.STATE.on_abort:
         interrupt.STATE.on_abort.remove(member.abort)
     if member.monitor is not None:

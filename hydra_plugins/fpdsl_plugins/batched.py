@@ -80,7 +80,8 @@ class BatchedLauncher(Launcher):
                 else:
                     returns[i] = ret
             batch.train_members([m._return_value for m, _ in members.values()])
-            # every member's end-of-run writes first, sent while the next one writes; then each status
+            # every member's end-of-run writes first (the senders keep working meanwhile), then
+            # each member's status once the store has its record
             for end in (runner.write_end, runner.confirm):
                 for i, (ret, cfg) in members.items():
                     configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)  # its lines into its job's log
