@@ -269,14 +269,9 @@ def open_store(cfg):
         raise ConfigError(f"tracking.uri: cannot use MLflow store {cfg.tracking.uri!r} ({first[:200]})") from None
     if interrupt.requested() is not None:
         raise interrupt.Interrupted(interrupt.requested(), "before the run was created; nothing was recorded")
-    if cfg.tracking.uri not in _RECOVERED:  # once a process: a sweep's later jobs would find only this process's runs
-        _RECOVERED.add(cfg.tracking.uri)
-        for note in store.recover():
-            say(note)
+    for note in store.recover_once():
+        say(note)
     return store
-
-
-_RECOVERED: set[str] = set()  # stores this process has recovered (fpdsl.store.Store.recover)
 
 
 def start_run(store, cfg, parts: Parts, job_tags: dict):

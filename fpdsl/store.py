@@ -28,6 +28,7 @@ from fpdsl.wal import HOST, RunLog, describe, replay
 BUSY_SECONDS = 300.0  # wait this long for a SQLite store another process holds locked
 STALE_SECONDS = 600.0  # a run on another host without a heartbeat this long has crashed
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's classic ML view
+_RECOVERED: set[str] = set()  # stores this process has recovered (Store.recover_once)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -194,6 +195,14 @@ class Store:
         return RunLog(self.log_root, run_id)
 
     # -- recovery ----------------------------------------------------------------------
+    def recover_once(self) -> list[str]:
+        """`recover`, the first time this process asks for this store (a sweep's jobs after the
+        first would only find this process's own runs, and each one's search cost a query)."""
+        if self.uri in _RECOVERED:
+            return []
+        _RECOVERED.add(self.uri)
+        return self.recover()
+
     def recover(self) -> list[str]:
         """Replay logs whose owner is gone, then mark RUNNING runs whose process is gone as
         FAILED (tag `fpdsl.crashed`). Returns one line per run it changed."""

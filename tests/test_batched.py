@@ -214,7 +214,7 @@ def test_jobs_that_differ_in_plain_values_get_the_config_hydra_composes():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hydra_plugins.fpdsl_plugins.batched import _compose_faster
+    from fpdsl.sweep import compose_faster
 
     jobs = [["seed=0", "optimizer.lr=0.01"], ["seed=7", "optimizer.lr=0.5"], ["seed=3", "optimizer.lr=abc"],
             ["seed=1", "optimizer=pso"], ["seed=2", "+extra=1", "optimizer.lr=0.01"], ["seed=9", "optimizer.lr=0.02"]]
@@ -226,7 +226,7 @@ def test_jobs_that_differ_in_plain_values_get_the_config_hydra_composes():
         composed = []
         compose = loader.load_sweep_config
         loader.load_sweep_config = lambda m, o: composed.append(o) or compose(m, o)
-        _compose_faster(loader)
+        compose_faster(loader)
         for job, want in zip(jobs, expected):
             assert OmegaConf.to_yaml(loader.load_sweep_config(master, job)) == want  # the sweeper validates
         for job, want in zip(jobs, expected):
