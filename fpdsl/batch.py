@@ -176,13 +176,12 @@ def _torch_group(members) -> None:
         return opt
 
     opt = build(stacks)
-    work = {}  # the forward pass's buffers, reused every step
 
     def evaluate():
         opt.zero_grad(set_to_none=False)
         params = [st.param for st in stacks]
         order = [i for st in stacks for i in st.rows]
-        h = o0.batched_forward(params[0] if len(params) == 1 else torch.cat(params), work)
+        h = o0.batched_forward(params[0] if len(params) == 1 else torch.cat(params), reuse=True)
         y = o0.y if targets is None else targets[order]
         losses = o0.loss_fn(h, y)
         losses.sum().backward()  # the sum's gradient for each member is its own loss's gradient
@@ -192,8 +191,7 @@ def _torch_group(members) -> None:
 
     def thetas():
         """Each member's θ now: rows of one copy of the stacks (the next step updates them in place)."""
-        snap = torch.cat([st.param.detach() for st in stacks]) if len(stacks) > 1 else stacks[0].param.detach().clone()
-        return list(snap.unbind())
+        return torch.cat([st.param.detach() for st in stacks]).unbind()
 
     order, _, h = evaluate()  # θ_0's gradients, for the first step
     th = thetas()

@@ -119,16 +119,16 @@ class Objective:
         return torch.cat([self._batched_loss(thetas[i : i + chunk], None if y is None else y[i : i + chunk])
                           for i in range(0, S, chunk)])
 
-    def batched_forward(self, thetas: torch.Tensor, work: dict | None = None) -> torch.Tensor:
+    def batched_forward(self, thetas: torch.Tensor, reuse: bool = False) -> torch.Tensor:
         """The network at every row of Θ (S, P): (S, n, c), differentiable (fpdsl.batch trains
-        several runs' parameters at once through it). work: a dict in which the hidden states'
-        buffer is kept from call to call, for a caller that runs each call's backward pass
+        several runs' parameters at once through it). reuse=True: the hidden states go into the
+        kernel's buffer kept from call to call, for a caller that runs each call's backward pass
         once, before the next call (a training loop)."""
         if self.kernel is not None:
             if not torch.is_grad_enabled():
                 return self.kernel(self._layers(thetas), self.x, fold=(self.variant or tuning.DEFAULT).fold)
             if self.kernel.closed_form and self.y.shape[-1] == 1:
-                return _OneHiddenLayer.apply(thetas, self, work)
+                return _OneHiddenLayer.apply(thetas, self, reuse)
             return self.kernel(self._layers(thetas), self.x, fold=False)  # torch's tanh: one fused backward
         params = self.unflatten(thetas)
         if self._vmap_ok:
@@ -222,7 +222,7 @@ class _MLPKernel:
         self.linears = linears  # parameter-name prefixes of the Linear layers, in order
         self.acts = acts  # between consecutive linears: a name ("tanh", "relu", ...) or a callable
         self.act_forwards = act_forwards  # the activation modules' own forward methods
-        self.work = {}  # reused hidden-state buffers (no-grad calls): no fresh pages every call
+        self.work = {}  # reused hidden-state buffers (no-grad calls; "grad": the batched training step)
         # Linear → tanh or sigmoid → Linear: its members' gradient has a closed form (_OneHiddenLayer)
         self.closed_form = len(linears) == 2 and acts[0] in ("tanh", "sigmoid")
 
@@ -307,7 +307,7 @@ class _MLPKernel:
                 h = act(h)
         return h
 
-    def _buffer(self, parity: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    def _buffer(self, parity, shape: tuple, like: torch.Tensor) -> torch.Tensor:
         key = (parity, shape, like.dtype, like.device)
         if key not in self.work:
             if len(self.work) >= 8:  # shapes change (a budget-cut last generation): keep few
@@ -345,17 +345,12 @@ class _OneHiddenLayer(torch.autograd.Function):
     tests/test_batched.py checks it against autograd (gradcheck, float64)."""
 
     @staticmethod
-    def forward(ctx, thetas, objective, work):
+    def forward(ctx, thetas, objective, reuse):
         k = objective.kernel
         (W1t, b1), (W2t, b2) = k.layers(objective.unflatten(thetas))
-        buffer = None
-        if work is not None:  # a fresh (S, n, width) tensor a step cost page faults: 15-25 % of the step
-            key = (thetas.shape[0], objective.x.shape[0], W1t.shape[-1], thetas.dtype)
-            buffer = work.get(key)
-            if buffer is None:
-                work.clear()
-                buffer = work[key] = torch.empty(key[:3], dtype=thetas.dtype, device=thetas.device)
-        ctx.reused = buffer is not None
+        # reuse: the kernel's buffer (a fresh (S, n, width) tensor a step cost page faults: 15-25 % of the step)
+        buffer = k._buffer("grad", (thetas.shape[0], objective.x.shape[0], W1t.shape[-1]), thetas) if reuse else None
+        ctx.reused = reuse
         h = k._affine(None, objective.x, W1t, b1, 1.0, 1.0, out=buffer)
         h = h.tanh_() if k.acts[0] == "tanh" else h.sigmoid_()
         ctx.objective = objective

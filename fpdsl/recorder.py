@@ -89,6 +89,7 @@ class Recorder:
         self.seconds = {"probes": 0.0}
         self.arrays = {}  # probes' histories for probe_history.npz
         self.ready = {}  # probe → (step, scalars) observed already, for several runs at once (observe_together)
+        self.ending = None  # (status, summary) between write_end and confirm
         self.output_dir = _hydra_output_dir()  # the job's folder (its .hydra/ goes to the run's artifacts)
 
     # -- during training -------------------------------------------------------------

@@ -68,42 +68,34 @@ def interrupted(sweep_dir: str, every: float = 0.2) -> bool:
 
 def compose_faster(loader) -> None:
     """Hydra composes every job's config twice (the basic sweeper validates the whole batch, then
-    the launcher composes each job again), about 50 ms a composition. Here each job is composed
-    once, and a job whose overrides differ from a job already composed only in plain values
-    (seed=3, optimizer.lr=0.1: no config group, no +/~/++, a scalar, no other override inside
-    or around its key) is derived from that job's config: copied, those values set as Hydra
-    sets them, its task overrides and override_dirname rewritten (about 4 ms).
-    tests/test_batched.py checks that both ways give the same config. Installed for every
-    multirun (SweepCallback) and by the batched launcher."""
+    the launcher composes each job again), about 50 ms a composition. Here a job whose overrides
+    differ from a job already composed only in plain values (seed=3, optimizer.lr=0.1: no config
+    group, no +/~/++, a scalar, no other override inside or around its key; or in nothing) is
+    derived from that job's config: copied, those values set as Hydra sets them, its task
+    overrides and override_dirname rewritten (about 4 ms). One config is kept per shape of
+    overrides, not one per job. tests/test_sweeps.py checks that both ways give the same config.
+    Installed for every multirun by SweepCallback."""
     if getattr(loader, "_fpdsl_fast", False):
         return
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    compose, kept, composed = loader.load_sweep_config, {}, {}
+    compose, composed = loader.load_sweep_config, {}
     parser = OverridesParser.create()
 
     def load_sweep_config(master_config, sweep_overrides):
-        key = (id(master_config), tuple(sweep_overrides))
-        if key in kept:
-            return kept.pop(key)
-        cfg = None
         try:
             parsed = parser.parse_overrides(list(master_config.hydra.overrides.hydra) + list(sweep_overrides))
             shape = (id(master_config), _shape(loader, parsed))
         except Exception:  # Hydra's own composition says what is wrong
             parsed = shape = None
-        if shape is not None and shape in composed:
+        if shape in composed:
             try:
-                cfg = _derived(*composed[shape], parsed, master_config)
-            except Exception:
-                cfg = None
-        if cfg is None:
-            cfg = compose(master_config, sweep_overrides)
-            if shape is not None and shape not in composed:
-                composed[shape] = (cfg.copy(), parsed)
-        if len(kept) > 10_000:  # a sweeper that composes each job once (a search) never takes them
-            kept.clear()
-        kept[key] = cfg.copy()  # the validating caller discards its copy; the launcher takes this one
+                return _derived(*composed[shape], parsed, master_config)
+            except Exception:  # a value Hydra refuses: its composition says so
+                pass
+        cfg = compose(master_config, sweep_overrides)
+        if shape is not None and shape not in composed:
+            composed[shape] = (cfg.copy(), parsed)
         return cfg
 
     loader.load_sweep_config = load_sweep_config

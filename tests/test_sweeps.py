@@ -82,3 +82,31 @@ def test_a_finished_sweep_run_again_skips_every_job(tmp_path, launcher):
     assert parent2.data.tags["fpdsl.attempts"] == "2"
     if launcher == "basic":
         assert proc.stdout.count("already finished with this config") == 2
+
+
+def test_jobs_that_differ_in_plain_values_get_the_config_hydra_composes():
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from fpdsl.sweep import compose_faster
+
+    jobs = [["seed=0", "optimizer.lr=0.01"], ["seed=7", "optimizer.lr=0.5"], ["seed=3", "optimizer.lr=abc"],
+            ["seed=1", "optimizer=pso"], ["seed=2", "+extra=1", "optimizer.lr=0.01"], ["seed=9", "optimizer.lr=0.02"]]
+    with initialize_config_module(config_module="conf", version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra/launcher=batched", "model.width=20", "dataset=rahaman"],
+                                           run_mode=RunMode.MULTIRUN)
+        expected = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in jobs]
+        composed = []
+        compose = loader.load_sweep_config
+        loader.load_sweep_config = lambda m, o: composed.append(o) or compose(m, o)
+        compose_faster(loader)
+        for job, want in zip(jobs, expected):
+            assert OmegaConf.to_yaml(loader.load_sweep_config(master, job)) == want  # the sweeper validates
+        for job, want in zip(jobs, expected):
+            cfg = loader.load_sweep_config(master, job)  # the launcher takes the validated one
+            assert OmegaConf.to_yaml(cfg) == want and cfg.seed == int(job[0][5:])
+    assert composed == [jobs[0], jobs[3], jobs[4]]  # composed by Hydra; the rest derived
+    GlobalHydra.instance().clear()

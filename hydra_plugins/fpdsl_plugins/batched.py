@@ -24,8 +24,6 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup
 from hydra.plugins.launcher import Launcher
 from omegaconf import open_dict
 
-from fpdsl.sweep import compose_faster
-
 log = logging.getLogger("fpdsl")
 
 
@@ -48,7 +46,6 @@ class BatchedLauncher(Launcher):
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
-        compose_faster(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -82,14 +79,13 @@ class BatchedLauncher(Launcher):
                 else:
                     returns[i] = ret
             batch.train_members([m._return_value for m, _ in members.values()])
-            # every member's end-of-run writes first (the senders keep working meanwhile), then
-            # each member's status once the store has its record
-            for end in (runner.write_end, runner.confirm):
-                for i, (ret, cfg) in members.items():
-                    configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)  # its lines into its job's log
-                    end(ret._return_value)
-                    if end is runner.confirm:
-                        returns[i] = self._outcome(ret, ret._return_value)
+            for ret, cfg in members.values():  # every member's end-of-run writes first (its sender works meanwhile)
+                configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)  # its lines into its job's log
+                runner.write_end(ret._return_value)
+            for i, (ret, cfg) in members.items():  # then each status, once the store has the member's record
+                configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+                runner.confirm(ret._return_value)
+                returns[i] = self._outcome(ret, ret._return_value)
         return returns
 
     @staticmethod
