@@ -63,7 +63,10 @@ class Recorder:
         self.trace = (ckpt or {}).get("trace") or {"step": [], "loss": [], "n_evals": []}
         self.every_log = int(cfg.tracking.every)  # read every step: a plain int, not an OmegaConf lookup
         self.mlflow = Cadence(self.every_log, cfg.tracking.get("per_decade"))
-        self.images = Cadence(None, cfg.tracking.get("images_per_decade"))
+        per_image = cfg.tracking.get("images_per_decade")
+        self.images = Cadence(None, per_image) if per_image else None
+        self.next_image = {name: 0 for name in self.probes}  # a probe's next snapshot: its first observation from this step
+        self.snapped = {}  # probe → the step of its last snapshot
         self.cadence = {name: Cadence(p.every, getattr(p, "per_decade", None)) for name, p in self.probes.items()}
         self.every_ckpt = cfg.checkpoint.every
         self.max_steps, self.max_evals = cfg.budget.max_steps, cfg.budget.max_evals
@@ -80,6 +83,7 @@ class Recorder:
         self.step, self.theta, self.loss, self.n_evals = first, obj.theta0, math.nan, obj.n_evals
         self.loss0 = (ckpt or {}).get("loss0")
         self.observed = self.logged = -1
+        self.quiet_until = -math.inf  # before this step nothing but the trace is due (on_step)
         self.sent = {name: -math.inf for name in self.probes}  # the step each probe's scalars last went to MLflow
         self.latest = {}  # probe → (step, scalars, n_evals) of its latest observation
         self.stopped = None  # why training stopped early: "budget", "loss moved", "SIGINT", ...
@@ -112,6 +116,14 @@ class Recorder:
     def on_step(self, local_step: int, theta, n_evals: int, loss: float) -> bool:
         step = self.first + local_step
         self.step, self.theta, self.loss, self.n_evals = step, theta, loss, n_evals
+        if step < self.quiet_until and self.bar is None and math.isfinite(loss):
+            # nothing due before quiet_until (no probe, log or checkpoint): the trace and the stop rules only
+            # (most steps; a batched group makes this call for each member at every step)
+            tr = self.trace
+            tr["step"].append(step)
+            tr["loss"].append(loss)
+            tr["n_evals"].append(n_evals)
+            return self._should_stop(step, n_evals, loss)
         if self.loss0 is None:
             self.loss0 = loss
         tr = self.trace
@@ -134,7 +146,16 @@ class Recorder:
         if self.every_ckpt and step % self.every_ckpt == 0 and local_step > 0:
             self.save_checkpoint()
         self.tracker.commit()
+        self.quiet_until = self._next_event(step)
         return self._should_stop(step, n_evals, loss)
+
+    def _next_event(self, step: int) -> float:
+        """The first step after this one at which a probe observes, the loss goes to MLflow or a
+        checkpoint is saved."""
+        found = [c.next_after(step) for c in (self.mlflow, *self.cadence.values())]
+        if self.every_ckpt:
+            found.append((step // self.every_ckpt + 1) * self.every_ckpt)
+        return min(found)
 
     def _should_stop(self, step, n_evals, loss) -> bool:
         if self.max_steps is not None and step >= self.max_steps:
@@ -173,7 +194,7 @@ class Recorder:
             if force or self.mlflow(step) or step - self.sent[name] >= self.every_log:
                 self.sent[name] = step
                 metrics.update(values)
-            if self.images(step) or force:
+            if self.images is not None and step >= self.next_image[name]:
                 self._snapshot(name, step)
         self.observed = step
         self.seconds["probes"] += time.perf_counter() - t
@@ -182,9 +203,13 @@ class Recorder:
     def due(self, local_step: int) -> tuple[int, list[str]]:
         """The step and the probes that observe at it."""
         step = self.first + local_step
+        if step < self.quiet_until:
+            return step, []
         return step, [name for name in self.probes if self.cadence[name](step)]
 
     def _snapshot(self, name, step) -> None:
+        self.next_image[name] = self.images.next_after(step)
+        self.snapped[name] = step
         image = getattr(self.probes[name], "image", None)
         if image is None:
             return
@@ -262,6 +287,10 @@ class Recorder:
         try:
             if self.trace["step"] and self.observed != self.step and math.isfinite(self.loss):
                 self._log(self._observe(self.step, self.theta, self.n_evals, force=True), self.step, self.n_evals)
+            if self.images is not None:  # the last observation in the image chart too
+                for name, (step, _, _) in self.latest.items():
+                    if self.snapped.get(name) != step:
+                        self._snapshot(name, step)
             if self.trace["step"] and self.logged != self.step:
                 self._log({"loss": self.loss, "n_evals": self.n_evals}, self.step, self.n_evals)
             for name, (step, values, n_evals) in self.latest.items():

@@ -400,9 +400,14 @@ def job(store, cfg, config_hash: str) -> dict:
     return out
 
 
+_EXPERIMENT_OF = {}  # a sweep's run id → its experiment id (asked by every job of the sweep)
+
+
 def _earlier_child(store, parent_id, config_hash):
     try:
-        exp = store.client.get_run(parent_id).info.experiment_id
+        if parent_id not in _EXPERIMENT_OF:
+            _EXPERIMENT_OF[parent_id] = store.client.get_run(parent_id).info.experiment_id
+        exp = _EXPERIMENT_OF[parent_id]
         runs = store.client.search_runs(
             [exp], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`fpdsl.config_hash` = '{config_hash}'",
             order_by=["attributes.start_time DESC"], max_results=1,

@@ -131,12 +131,14 @@ class Tracker:
 
     def log_figure(self, fig, name: str, formats=("png",), dpi: int = 100) -> None:
         """A matplotlib Figure as name.<format> for each format (png, pdf, svg)."""
+        from fpdsl.figures import save
+
         t = time.perf_counter()
         p = Path(name)
         folder = p.parent.as_posix() if p.parent.name else None
         for fmt in formats:
             staged = self._staged(folder, f"{p.stem}.{fmt}")
-            fig.savefig(staged, dpi=dpi)
+            save(fig, staged, dpi)
             self.add_staged(staged, folder)
         self.figure_seconds += time.perf_counter() - t
 
@@ -155,7 +157,7 @@ class Tracker:
         img.save(full)
         self.add_staged(full, "images")
         small = self._staged("images", stem + "+compressed.webp")
-        compress_image_size(img).save(small)
+        compress_image_size(img).save(small, lossless=True, method=0)  # 0.25 ms against 1 ms (lossy, method 4)
         self.add_staged(small, "images")
         self._add(["t", "mlflow.loggedImages", "True"])
         self.figure_seconds += time.perf_counter() - t

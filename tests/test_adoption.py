@@ -54,8 +54,20 @@ def test_a_run_read_back_carries_what_the_mlflow_ui_compares(cli, tmp_path):
     # log-spaced cadence resolves the first decade
     steps = [p.step for p in client.get_metric_history(rid, "loss")]
     assert {0, 1, 2, 3, 4, 5, 7, 9} <= set(steps) and 300 in steps
+    from fpdsl.cadence import Cadence
+
+    assert sorted(steps) == [s for s in range(301) if Cadence(50, 10)(s)]  # no step the recorder skipped
+    # the probe observes every 10 steps; its scalars go when the loss does, or 50 steps after their last
+    sent, want = -math.inf, []
+    for s in range(0, 301, 10):
+        if Cadence(50, 10)(s) or s - sent >= 50 or s == 300:
+            sent = s
+            want.append(s)
+    assert sorted(p.step for p in client.get_metric_history(rid, "spectrum/delta/k1")) == want
     images = [a.path for a in client.list_artifacts(rid, "images")]
-    assert any("spectrum+step+0+" in p for p in images) and any("+compressed.webp" in p for p in images)
+    assert any("+compressed.webp" in p for p in images)
+    # snapshots: the probe's first observation (every 10 steps) from each of 0, 2, 9, 31, 99, and the last
+    assert sorted({int(p.split("+step+")[1].split("+")[0]) for p in images}) == [0, 10, 40, 100, 300]
     assert tags["mlflow.loggedImages"] == "True"
     assert {"figures/spectrum_heatmap.png", "figures/spectrum_heatmap.svg"} <= {a.path for a in client.list_artifacts(rid, "figures")}
     for key in m:  # never 1.8e308 for "never": NaN and a flag
@@ -148,6 +160,8 @@ def test_a_wheel_in_a_fresh_environment_works_from_any_folder(tmp_path):
 
 
 def test_a_cadence_is_every_n_steps_and_the_rounded_powers_of_ten():
+    from bisect import bisect_right
+
     from fpdsl.cadence import Cadence
 
     for every, per_decade in [(None, 1), (None, 10), (7, 20), (50, 33)]:
@@ -155,4 +169,9 @@ def test_a_cadence_is_every_n_steps_and_the_rounded_powers_of_ten():
         powers = {round(10 ** (i / per_decade)) - 1 for i in range(6 * per_decade)}
         want = [s for s in range(300_000) if s == 0 or (every and s % every == 0) or s in powers]
         assert [s for s in range(300_000) if cadence(s)] == want
+        # the next due step after any step (the recorder skips the steps in between)
+        fresh, later = Cadence(every, per_decade), sorted({round(10 ** (i / per_decade)) - 1 for i in range(7 * per_decade)})
+        for s in range(0, 300_000, 997):
+            assert fresh.next_after(s) == min(later[bisect_right(later, s)], (s // every + 1) * every if every else math.inf)
     assert [s for s in range(20) if Cadence(None, 10)(s)] == [0, 1, 2, 3, 4, 5, 7, 9, 12, 15, 19]
+    assert Cadence(None, None).next_after(5) == float("inf") and Cadence(10, None).next_after(10) == 20

@@ -207,25 +207,23 @@ def test_the_closed_form_gradient_of_a_batch_of_members_is_autograds(activation,
     assert not deeper.kernel.closed_form
 
 
-def test_a_reused_heat_map_draws_what_a_new_one_draws():
-    import io
-
+def test_a_reused_heat_map_draws_what_a_new_one_draws(tmp_path):
     from matplotlib.image import imread
 
-    from fpdsl.figures import heatmap
+    from fpdsl.figures import heatmap, save
 
     rng = np.random.default_rng(0)
     steps = list(range(0, 300, 10))
-    first, second = rng.uniform(0, 1, (30, 3)), rng.uniform(0, 1, (30, 3))
+    values = [rng.uniform(0, 1, (30, 3)) for _ in range(3)]
+    titles = ["run a\nholds", "run b\nnot removed", "run c — a longer title\npartial"]
 
-    def png(fig):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=60)
-        buf.seek(0)
-        return imread(buf)
+    def png(fig, name):
+        save(fig, tmp_path / f"{name}.png", dpi=60)  # a kept figure's second PNG on: blitted
+        return imread(tmp_path / f"{name}.png")
 
-    heatmap(steps, first, [1, 3, 5], title="run a\nholds", cbar_label="Δ", reuse=True)
-    again = png(heatmap(steps, second, [1, 3, 5], title="run b\nnot removed", cbar_label="Δ", reuse=True))
-    new = png(heatmap(steps, second, [1, 3, 5], title="run b\nnot removed", cbar_label="Δ"))
-    assert again.shape == new.shape and np.array_equal(again, new)
-    assert not np.array_equal(png(heatmap(steps, first, [1, 3, 5], title="run b\nnot removed", cbar_label="Δ")), new)
+    reused = [png(heatmap(steps, v, [1, 3, 5], title=t, cbar_label="Δ", reuse=True), f"kept{i}")
+              for i, (v, t) in enumerate(zip(values, titles))]
+    new = [png(heatmap(steps, v, [1, 3, 5], title=t, cbar_label="Δ"), f"new{i}") for i, (v, t) in enumerate(zip(values, titles))]
+    for again, fresh in zip(reused, new):
+        assert again.shape == fresh.shape and np.array_equal(again, fresh)
+    assert not np.array_equal(new[1], new[2])

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import open_dict
@@ -70,8 +69,7 @@ class BatchedLauncher(Launcher):
         returns: list = [None] * len(configs)
         members = {}
         with interrupt.deferred():
-            for i, cfg in enumerate(configs):
-                HydraConfig.instance().set_config(cfg)
+            for i, cfg in enumerate(configs):  # (run_job sets HydraConfig to cfg, then back)
                 ret = run_job(hydra_context=self.hydra_context, task_function=_prepare, config=cfg,
                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
                 if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, runner.Member):
