@@ -322,3 +322,48 @@ def test_a_tracking_server_killed_mid_run_and_restarted_loses_nothing(tmp_path):
         assert loss_steps(client, rid) == list(range(3001)) == list(history(client, rid)["trace/step"])
     finally:
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_a_senders_window_is_one_batch_of_metrics_then_its_files_and_a_replay_of_it_changes_nothing(tmp_path):
+    """Artifacts between metrics (a run's step-indexed images) do not split the metrics into
+    several log_batch calls; a status goes alone, last; a window sent again (a crash before
+    its mark) leaves the store as it was."""
+    from mlflow.tracking import MlflowClient
+
+    from fpdsl.wal import RunLog, Sender, encode
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("w", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    log = RunLog(tmp_path / "logs", run_id)
+    assert log.acquire() is None
+    log.open_append()
+    records = []
+    for step in range(3):
+        records += [["m", "loss", 1.0 / (step + 1), 1000 + step, step], ["t", "last", str(step)]]
+        (log.stage(f"{step}/image.png")).write_bytes(b"png %d" % step)
+        records.append(["a", f"{step}/image.png", "images"])
+    records += [["p", "seed", "0"], ["s", "FINISHED", 2000]]
+    log.append(b"".join(encode(r) for r in records))
+
+    calls = []
+
+    class Counting:  # the real client, its calls written down
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(client, name)
+
+    assert Sender(Counting(), log).drain(time.monotonic() + 30)
+    assert calls == ["log_batch", "log_artifact", "log_artifact", "log_artifact", "set_terminated"]
+    assert log.sent() == log.size
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["last"] == "2" and run.data.params["seed"] == "0"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
+    assert sorted(a.path for a in client.list_artifacts(run_id, "images")) == ["images/image.png"]
+
+    # the same window again, as after a crash before its mark: nothing doubles
+    (log.dir / "sent").write_text("0")
+    for step in range(3):
+        log.stage(f"{step}/image.png").write_bytes(b"png %d" % step)
+    assert Sender(client, log).drain(time.monotonic() + 30)
+    assert len(client.get_metric_history(run_id, "loss")) == 3 and client.get_run(run_id).info.status == "FINISHED"
