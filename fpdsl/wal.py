@@ -7,8 +7,7 @@ A run's log folder (`<store's log root>/<run id>/`):
             line is written, whatever happens to the process afterwards (kill -9 included)
     sent    the byte offset of `log` up to which the store confirmed the records (replaced
             atomically once a burst of sends empties the queue, and at least every MARK_EVERY
-            seconds within one: a rename a store call cost ~0.7 ms under load, as much as
-            sending a small artifact)
+            seconds within one, rather than after every store call)
     owner   flock-ed by the process that owns the run (released by the kernel when it dies),
             holding "host pid"
     files/  artifacts staged for upload (figures, arrays, checkpoints) until confirmed
