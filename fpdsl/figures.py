@@ -34,7 +34,7 @@ class _Kept:
     def __init__(self, fig, mesh, ax):
         self.fig, self.mesh, self.ax = fig, mesh, ax
         self.saved = 0
-        self.canvas = self.background = self.dpi = None
+        self.canvas = self.background = self.dpi = self.title_at = None  # the background, drawn at the second save
 
     def _changing(self):
         """What a save draws on the background, in the order a full draw draws it (z-order):

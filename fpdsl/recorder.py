@@ -116,20 +116,16 @@ class Recorder:
     def on_step(self, local_step: int, theta, n_evals: int, loss: float) -> bool:
         step = self.first + local_step
         self.step, self.theta, self.loss, self.n_evals = step, theta, loss, n_evals
-        if step < self.quiet_until and self.bar is None and math.isfinite(loss):
-            # nothing due before quiet_until (no probe, log or checkpoint): the trace and the stop rules only
-            # (most steps; a batched group makes this call for each member at every step)
-            tr = self.trace
-            tr["step"].append(step)
-            tr["loss"].append(loss)
-            tr["n_evals"].append(n_evals)
-            return self._should_stop(step, n_evals, loss)
-        if self.loss0 is None:
-            self.loss0 = loss
         tr = self.trace
         tr["step"].append(step)
         tr["loss"].append(loss)
         tr["n_evals"].append(n_evals)
+        if step < self.quiet_until and self.bar is None and math.isfinite(loss):
+            # nothing due before quiet_until (no probe, log or checkpoint): the stop rules only
+            # (most steps; a batched group makes this call for each member at every step)
+            return self._should_stop(step, n_evals, loss)
+        if self.loss0 is None:
+            self.loss0 = loss
         metrics = self._observe(step, theta, n_evals)
         if self.mlflow(step) or not math.isfinite(loss):
             metrics["loss"] = loss

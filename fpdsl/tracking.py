@@ -39,6 +39,7 @@ class Tracker:
         self.seconds = 0.0  # time spent in this object's calls on the training thread
         self.figure_seconds = 0.0  # drawing figures
         self.points = 0  # metric points logged
+        self.images = 0  # step-indexed images logged
 
     # -- a run's beginning -------------------------------------------------------------
     @classmethod
@@ -159,7 +160,9 @@ class Tracker:
         small = self._staged("images", stem + "+compressed.webp")
         compress_image_size(img).save(small, lossless=True, method=0)  # 0.25 ms against 1 ms (lossy, method 4)
         self.add_staged(small, "images")
-        self._add(["t", "mlflow.loggedImages", "True"])
+        if not self.images:  # MLflow's flag for its image chart, once a run
+            self._add(["t", "mlflow.loggedImages", "True"])
+        self.images += 1
         self.figure_seconds += time.perf_counter() - t
 
     # -- writing -------------------------------------------------------------------------
