@@ -225,6 +225,7 @@ def _torch_group(members) -> None:
                 opt = build(stacks)
 
 
+@torch.no_grad()
 def _population_group(members) -> None:
     objs = [m.parts.objective for m in members]
     o0 = objs[0]

@@ -18,7 +18,21 @@ import numba
 import numpy as np
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-UNIT = 2.0**-16
+UNIT = np.float32(2.0**-16)  # exact in float32: keeps float32 arithmetic in float32
+
+
+@jit
+def splitmix64(out, state):
+    """out (uint64) ← the next len(out) numbers of SplitMix64 (Steele, Lea & Flood 2014) from
+    state[0], which moves on past them. Each number is a fixed mix of state + k·γ, so the
+    loop has no serial dependence and compiles to vector instructions."""
+    s = state[0]
+    for k in range(out.size):
+        s += np.uint64(0x9E3779B97F4A7C15)
+        z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[k] = z ^ (z >> np.uint64(31))
+    state[0] = s
 
 
 @jit

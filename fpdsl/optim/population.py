@@ -27,14 +27,15 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 class _Random:
     """The engines' random numbers, seeded from torch's seed (the run's `seed`).
 
-    On CPU the kernels' uniform integers are numpy SFC64's raw bits, 16 a number, drawn
-    in blocks covering several generations so one call's fixed cost is shared: torch's
-    CPU generator (a serial mt19937, ~3 ns a number) would cost ~10% of a batched
-    forward pass at S·P = 10⁵. Normals and random indices are torch's; on GPU every
-    draw is.
+    On CPU the kernels' uniform integers come from SplitMix64 (fpdsl.optim.kernels), 16
+    bits a number, written for each generation into one buffer just before the kernel
+    reads it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
+    number, and its blocks were out of cache by the time a kernel read them (torch's CPU
+    generator, a serial mt19937, is slower still). Normals and random indices are
+    torch's; on GPU every draw is.
     """
 
-    BLOCK = 1 << 17  # numbers per draw of raw bits, at most (256 KB); at least one generation's
+    BLOCK = 1 << 17  # random indices per draw, at most; at least one generation's
     GENERATIONS = 32  # generations per draw, at most
 
     def __init__(self, device, seed: int | None = None):
@@ -42,7 +43,8 @@ class _Random:
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
-        self.bits = np.random.SFC64(seed) if self.device.type == "cpu" else None
+        # SplitMix64's state: the seed through numpy's SeedSequence, so nearby seeds start far apart
+        self.state = np.random.SeedSequence(seed).generate_state(1, np.uint64)
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         return out.normal_(generator=self.gen)
@@ -58,10 +60,16 @@ class _Random:
         return max(1, min(self.GENERATIONS, self.BLOCK // max(math.prod(shape), 1)))
 
     def raw16(self, shape: tuple):
-        """Endless per-generation numpy uint16 arrays of `shape`, uniform in [0, 2¹⁶) (CPU)."""
-        n = self.generations(shape) * math.prod(shape)
+        """Endless per-generation numpy uint16 arrays of `shape`, uniform in [0, 2¹⁶) (CPU). It is
+        one array refilled at each next(): use it before asking for the next."""
+        from fpdsl.optim import kernels
+
+        n = math.prod(shape)
+        words = np.empty(-(-n // 4), np.uint64)
+        out = words.view(np.uint16)[:n].reshape(shape)
         while True:
-            yield from self.bits.random_raw(-(-n // 4)).view(np.uint16)[:n].reshape(-1, *shape)
+            kernels.splitmix64(words, self.state)
+            yield out
 
     def indices(self, high: int, shape: tuple):
         """Endless per-generation numpy int64 arrays of `shape`, uniform in [0, high) (CPU)."""
@@ -162,7 +170,6 @@ class PSO:
     def run(self, objective, budget, on_step):
         return drive(self.search(objective, budget, on_step), objective.population_loss)
 
-    @torch.no_grad()
     def search(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
         rand = _Random(objective.theta0.device, getattr(objective, "seed", None))
@@ -243,7 +250,6 @@ class DE:
     def run(self, objective, budget, on_step):
         return drive(self.search(objective, budget, on_step), objective.population_loss)
 
-    @torch.no_grad()
     def search(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
         rand = _Random(objective.theta0.device, getattr(objective, "seed", None))
@@ -265,10 +271,11 @@ class DE:
         picks, raws, forced = _distinct_others(rand, S), rand.raw16((S, P)), rand.indices(P, (S,))
         # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
         threshold, strategy = math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy)
+        F = xn.dtype.type(self.F)  # arithmetic in x's dtype
 
         def trial():
             best = pop.best_x.numpy()
-            kernels.de_trial(xn, best, next(picks).numpy(), next(raws), next(forced), self.F, threshold, strategy, on)
+            kernels.de_trial(xn, best, next(picks).numpy(), next(raws), next(forced), F, threshold, strategy, on)
             return out
 
         def select(ft):
@@ -345,7 +352,6 @@ class SNES:
     def run(self, objective, budget, on_step):
         return drive(self.search(objective, budget, on_step), objective.population_loss)
 
-    @torch.no_grad()
     def search(self, objective, budget, on_step):
         pop = _Population(objective, budget, on_step)
         theta0 = objective.theta0
