@@ -64,6 +64,20 @@ def keep_better(x, f, keep, fkeep, ties):
 
 
 @jit
+def pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
+    """A PSO generation after its evaluation f, as one call: keep_better (each member's best),
+    the swarm's best into best and best_f[0] where it improved on best_f[0] (returns whether
+    it did), then pso_move for the next generation."""
+    g = keep_better(x, f, pbest, pf, False)
+    improved = pf[g] < best_f[0]
+    if improved:
+        best_f[0] = pf[g]
+        best[:] = pbest[g]
+    pso_move(x, v, pbest, best, raw, w, c1, c2, vmax)
+    return improved
+
+
+@jit
 def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
     """Trial vectors into out: component j of row i is the mutant's where raw[i, j] <
     threshold or j == forced[i], else x's. Mutant: 0 best1 best + F (x_r1 − x_r2), 1 rand1
@@ -83,6 +97,21 @@ def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
                     out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
             else:
                 out[i, j] = x[i, j]
+
+
+@jit
+def de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
+    """A DE generation after its trials' evaluation ft, as one call: keep_better (a trial no
+    worse than its member replaces it), the population's best into best and best_f[0] where
+    it improved on best_f[0] (returns whether it did), then de_trial: the next generation's
+    trials into trials."""
+    g = keep_better(trials, ft, x, f, True)
+    improved = f[g] < best_f[0]
+    if improved:
+        best_f[0] = f[g]
+        best[:] = x[g]
+    de_trial(x, best, picks, raw, forced, F, threshold, strategy, trials)
+    return improved
 
 
 @jit

@@ -178,26 +178,34 @@ class PSO:
         pbest, pf = x.clone(), f.clone()
         pop.track(x, f)
         v = torch.zeros_like(x)
-        move, keep = (self._kernels if _fused(x.device) else self._torch)(pop, rand, x, v, pbest, pf)
+        if _fused(x.device):
+            return (yield from self._kernel_loop(pop, rand, x, v, pbest, pf))
+        move, keep = self._torch(pop, rand, x, v, pbest, pf)
         while not pop.report():
             move()
             f = yield from pop.evaluate(x, nan_as_inf=False)
             pop.track(pbest, pf, keep(f))
         return pop.best_x
 
-    def _kernels(self, pop, rand, x, v, pbest, pf):
+    def _kernel_loop(self, pop, rand, x, v, pbest, pf):
+        """The same generations on CPU with one compiled call each (kernels.pso_step): it keeps
+        the members' and the swarm's best and moves the swarm for the next generation, before
+        the generation is reported (when the run then stops, that move is not used)."""
         from fpdsl.optim import kernels
 
         xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
-        draws = rand.raw16((2, *x.shape))
-
-        def move():
-            kernels.pso_move(xn, vn, pn, pop.best_x.numpy(), next(draws), self.w, self.c1, self.c2, self.vmax or 0.0)
-
-        def keep(f):
-            return int(kernels.keep_better(xn, f.numpy(), pn, pfn, False))
-
-        return move, keep
+        best, best_f = pop.best_x.clone(), np.array([pop.best_f])  # the kernel's copy, updated in place
+        bn, draws = best.numpy(), rand.raw16((2, *x.shape))
+        coefficients = (self.w, self.c1, self.c2, self.vmax or 0.0)
+        if pop.report():
+            return pop.best_x
+        kernels.pso_move(xn, vn, pn, bn, next(draws), *coefficients)
+        while True:
+            f = yield from pop.evaluate(x, nan_as_inf=False)
+            if kernels.pso_step(xn, vn, pn, pfn, f.numpy(), bn, best_f, next(draws), *coefficients):
+                pop.best_f, pop.best_x = float(best_f[0]), best.clone()
+            if pop.report():
+                return pop.best_x
 
     def _torch(self, pop, rand, x, v, pbest, pf):
         diff = torch.empty_like(x)
@@ -256,32 +264,37 @@ class DE:
         x = pop.initial(self.popsize, self.init_spread, rand)
         f = yield from pop.evaluate(x)
         pop.track(x, f)
-        trial, select = (self._kernels if _fused(x.device) else self._torch)(pop, rand, x, f)
+        if _fused(x.device):
+            return (yield from self._kernel_loop(pop, rand, x, f))
+        trial, select = self._torch(pop, rand, x, f)
         while not pop.report():
             ft = yield from pop.evaluate(trial(), nan_as_inf=False)
             pop.track(x, f, select(ft))
         return pop.best_x
 
-    def _kernels(self, pop, rand, x, f):
+    def _kernel_loop(self, pop, rand, x, f):
+        """The same generations on CPU with one compiled call each (kernels.de_step): it keeps
+        the trials that are no worse and the population's best, and makes the next
+        generation's trials, before the generation is reported."""
         from fpdsl.optim import kernels
 
         S, P = x.shape
-        out = torch.empty_like(x)
-        xn, fn, on = x.numpy(), f.numpy(), out.numpy()
-        picks, raws, forced = _distinct_others(rand, S), rand.raw16((S, P)), rand.indices(P, (S,))
+        trials = torch.empty_like(x)
+        xn, fn, tn = x.numpy(), f.numpy(), trials.numpy()
+        best, best_f = pop.best_x.clone(), np.array([pop.best_f])  # the kernel's copy, updated in place
+        bn = best.numpy()
+        picks, raws, forced = _distinct_others(rand, S, as_numpy=True), rand.raw16((S, P)), rand.indices(P, (S,))
         # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
-        threshold, strategy = math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy)
-        F = xn.dtype.type(self.F)  # arithmetic in x's dtype
-
-        def trial():
-            best = pop.best_x.numpy()
-            kernels.de_trial(xn, best, next(picks).numpy(), next(raws), next(forced), F, threshold, strategy, on)
-            return out
-
-        def select(ft):
-            return int(kernels.keep_better(on, ft.numpy(), xn, fn, True))
-
-        return trial, select
+        rule = (xn.dtype.type(self.F), math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy))
+        if pop.report():
+            return pop.best_x
+        kernels.de_trial(xn, bn, next(picks), next(raws), next(forced), *rule, tn)
+        while True:
+            ft = yield from pop.evaluate(trials, nan_as_inf=False)
+            if kernels.de_step(tn, ft.numpy(), xn, fn, bn, best_f, next(picks), next(raws), next(forced), *rule):
+                pop.best_f, pop.best_x = float(best_f[0]), best.clone()
+            if pop.report():
+                return pop.best_x
 
     def _torch(self, pop, rand, x, f):
         S, P = x.shape
@@ -311,8 +324,9 @@ class DE:
         return trial, select
 
 
-def _distinct_others(rand: _Random, S: int):
-    """Endless (3, S): per generation r1, r2, r3, in every row distinct and not the row itself."""
+def _distinct_others(rand: _Random, S: int, as_numpy: bool = False):
+    """Endless (3, S) tensors (numpy arrays with as_numpy, CPU): per generation r1, r2, r3, in
+    every row distinct and not the row itself."""
     k = rand.generations((3, S))
     rows = torch.arange(S, device=rand.device)
     while True:
@@ -323,7 +337,8 @@ def _distinct_others(rand: _Random, S: int):
         k3 = rand.randint(1, S - 2, (k, S))
         k3 += k3 >= lo
         k3 += k3 >= hi
-        yield from torch.stack([(k1 + rows) % S, (k2 + rows) % S, (k3 + rows) % S], dim=1).unbind(0)
+        block = torch.stack([(k1 + rows) % S, (k2 + rows) % S, (k3 + rows) % S], dim=1)
+        yield from (block.numpy() if as_numpy else block.unbind(0))
 
 
 class SNES:
