@@ -1,4 +1,5 @@
-"""The population engines' update steps on CPU, each fused into one compiled pass (numba).
+"""The population engines' update steps on CPU, compiled (numba): PSO and DE make one call a
+generation (pso_step, de_step), SNES two (its normals, torch's, are drawn between them).
 
 On CPU a generation's update as tensor calls is ten or more calls of 2-10 µs each (the
 forward pass just before evicts their code and data from cache). At width 50 that was
