@@ -360,6 +360,35 @@ def test_snes_kernels_are_the_textbook_steps(half):
     torch.testing.assert_close(sigma, sigma_ref)
 
 
+def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
+    out, state = np.empty(3, np.uint64), np.zeros(1, np.uint64)
+    kernels.splitmix64(out, state)
+    assert [int(v) for v in out] == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]  # seed 0
+    more, whole = np.empty(2, np.uint64), np.empty(5, np.uint64)
+    kernels.splitmix64(more, state)
+    kernels.splitmix64(whole, np.zeros(1, np.uint64))
+    assert list(whole) == list(out) + list(more)
+
+
+def test_engine_normals_are_standard_normal_and_small_draws_are_torchs():
+    from scipy import stats
+
+    rand = population._Random("cpu", 7)
+    z = torch.empty(200_001)  # above BOX_MULLER, odd: the last pair's sine goes unused
+    rand.normal_(z)
+    x = z.double().numpy()
+    n, h = x.size, x.size // 2
+    assert abs(x.mean()) < 5 / math.sqrt(n) and abs(x.var() - 1) < 5 * math.sqrt(2 / n)
+    assert stats.kstest(x, "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(x[:h], x[-h:])[0, 1]) < 5 / math.sqrt(h)  # a pair's cosine and sine
+    again = population._Random("cpu", 7)
+    assert torch.equal(again.normal_(torch.empty(200_001)), z)  # the seed fixes them
+    assert not torch.equal(rand.normal_(torch.empty(200_001)), z)  # the next draw moves on
+    small = torch.empty(population._Random.BOX_MULLER - 1)
+    expect = torch.empty_like(small).normal_(generator=torch.Generator().manual_seed(3))
+    assert torch.equal(population._Random("cpu", 3).normal_(small), expect)
+
+
 def test_nevergrad_batches_fit_the_budget():
     obj = tiny_objective()
     calls, on_step = recorder(max_evals=35)

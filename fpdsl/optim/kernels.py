@@ -37,6 +37,37 @@ def splitmix64(out, state):
 
 
 @jit
+def box_muller_angles(state, log_u, z):
+    """Box–Muller's inputs from SplitMix64 (one number a pair k < m = len(log_u), continuing
+    from state[0]), each from 24 of its bits: log_u[k] ← u uniform on (0, 1] (its log is
+    taken after), z[k] ← θ = 2π · uniform on [0, 1) and z[m + k] ← θ − π/2 (so cos gives sin)."""
+    m, n = log_u.size, z.size
+    s = state[0]
+    for k in range(m):
+        s += np.uint64(0x9E3779B97F4A7C15)
+        h = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(31))
+        log_u[k] = np.float32((h >> np.uint64(40)) + np.uint64(1)) * np.float32(2.0**-24)
+        theta = np.float32((h >> np.uint64(8)) & np.uint64(0xFFFFFF)) * np.float32(2.0**-24 * 2 * math.pi)
+        z[k] = theta
+        if m + k < n:
+            z[m + k] = theta - np.float32(math.pi / 2)
+    state[0] = s
+
+
+@jit
+def box_muller_scale(z, log_u):
+    """z[k] and z[m + k] (the cosines of pair k's angles) times √(−2 ln u_k): two standard normals."""
+    m, n = log_u.size, z.size
+    for k in range(m):
+        r = np.sqrt(np.float32(-2.0) * log_u[k])
+        z[k] *= r
+        if m + k < n:
+            z[m + k] *= r
+
+
+@jit
 def pso_move(x, v, pbest, best, raw, w, c1, c2, vmax):
     """v ← w v + c1 r1 (pbest − x) + c2 r2 (best − x), clamped to ±vmax when vmax > 0;
     x ← x + v. raw (2, S, P): r1 and r2."""
