@@ -19,20 +19,28 @@ import numba
 import numpy as np
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-UNIT = np.float32(2.0**-16)  # exact in float32: keeps float32 arithmetic in float32
+UNIT = 2.0**-16
+
+
+GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
+
+
+@numba.njit(inline="always")
+def _mix(z):
+    """SplitMix64's output function (Steele, Lea & Flood 2014) of its state z."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 @jit
 def splitmix64(out, state):
-    """out (uint64) ← the next len(out) numbers of SplitMix64 (Steele, Lea & Flood 2014) from
-    state[0], which moves on past them. Each number is a fixed mix of state + k·γ, so the
-    loop has no serial dependence and compiles to vector instructions."""
+    """out (uint64) ← the next len(out) numbers of SplitMix64 from state[0], which moves on
+    past them. The state only adds γ, so the loop compiles to vector code."""
     s = state[0]
     for k in range(out.size):
-        s += np.uint64(0x9E3779B97F4A7C15)
-        z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        out[k] = z ^ (z >> np.uint64(31))
+        s += GAMMA
+        out[k] = _mix(s)
     state[0] = s
 
 
@@ -44,10 +52,8 @@ def box_muller_angles(state, log_u, z):
     m, n = log_u.size, z.size
     s = state[0]
     for k in range(m):
-        s += np.uint64(0x9E3779B97F4A7C15)
-        h = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        h = h ^ (h >> np.uint64(31))
+        s += GAMMA
+        h = _mix(s)
         log_u[k] = np.float32((h >> np.uint64(40)) + np.uint64(1)) * np.float32(2.0**-24)
         theta = np.float32((h >> np.uint64(8)) & np.uint64(0xFFFFFF)) * np.float32(2.0**-24 * 2 * math.pi)
         z[k] = theta
