@@ -102,15 +102,22 @@ def keep_better(x, f, keep, fkeep, ties):
 
 
 @jit
+def keep_best(x, f, keep, fkeep, ties, best, best_f):
+    """keep_better, then the best kept row into best and its loss into best_f[0] where it
+    improves on best_f[0]; returns whether it did."""
+    g = keep_better(x, f, keep, fkeep, ties)
+    if fkeep[g] < best_f[0]:
+        best_f[0] = fkeep[g]
+        best[:] = keep[g]
+        return True
+    return False
+
+
+@jit
 def pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
-    """A PSO generation after its evaluation f, as one call: keep_better (each member's best),
-    the swarm's best into best and best_f[0] where it improved on best_f[0] (returns whether
-    it did), then pso_move for the next generation."""
-    g = keep_better(x, f, pbest, pf, False)
-    improved = pf[g] < best_f[0]
-    if improved:
-        best_f[0] = pf[g]
-        best[:] = pbest[g]
+    """A PSO generation after its evaluation f, as one call: keep_best (each member's best and
+    the swarm's; returns whether the swarm's improved), then pso_move for the next generation."""
+    improved = keep_best(x, f, pbest, pf, False, best, best_f)
     pso_move(x, v, pbest, best, raw, w, c1, c2, vmax)
     return improved
 
@@ -139,15 +146,10 @@ def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
 
 @jit
 def de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
-    """A DE generation after its trials' evaluation ft, as one call: keep_better (a trial no
-    worse than its member replaces it), the population's best into best and best_f[0] where
-    it improved on best_f[0] (returns whether it did), then de_trial: the next generation's
-    trials into trials."""
-    g = keep_better(trials, ft, x, f, True)
-    improved = f[g] < best_f[0]
-    if improved:
-        best_f[0] = f[g]
-        best[:] = x[g]
+    """A DE generation after its trials' evaluation ft, as one call: keep_best (a trial no worse
+    than its member replaces it; returns whether the population's best improved), then
+    de_trial: the next generation's trials into trials."""
+    improved = keep_best(trials, ft, x, f, True, best, best_f)
     de_trial(x, best, picks, raw, forced, F, threshold, strategy, trials)
     return improved
 
