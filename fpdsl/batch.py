@@ -81,7 +81,7 @@ def _together(group, loop) -> None:
             live.append(m)
         except Exception as e:
             runner.fail(m, e)
-    runner._collect_garbage_later()
+    runner.collect_garbage_later()
     try:
         loop(live)
     except Exception as e:  # the shared loop itself broke: every member still in it fails

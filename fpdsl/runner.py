@@ -114,7 +114,7 @@ def train(member: Member, drive=None) -> None:
     rec, parts = member.rec, member.parts
     try:
         rec.start()
-        _collect_garbage_later()
+        collect_garbage_later()
         if drive is None:
             parts.optimizer.run(parts.objective, rec.remaining, rec.on_step)
         else:
@@ -420,7 +420,7 @@ def _system_metrics(cfg, run_id):
 
 
 # -- helpers ---------------------------------------------------------------------------
-def _collect_garbage_later() -> None:
+def collect_garbage_later() -> None:
     """The command line starts with the cyclic collector off (fpdsl.__main__); what start-up
     built lives as long as the run, so later collections skip it."""
     import gc

@@ -292,6 +292,8 @@ def fork_joblib_workers(config) -> None:
     (about 4 s) before their first job, which made a local grid of short runs slower than
     running them one after another. Here the launching process imports what a job needs
     once and loky forks its workers from it; each worker opens its own store connections."""
+    import gc
+
     import fpdsl.runner  # noqa: F401  (torch, numpy, Hydra's instantiate)
     import fpdsl.recorder  # noqa: F401
     import fpdsl.tracking  # noqa: F401  (MLflow's client and entities)
@@ -299,6 +301,9 @@ def fork_joblib_workers(config) -> None:
 
     if "TorchOptimizer" in str(config.get("optimizer", {}).get("_target_", "")):
         import torch._dynamo  # noqa: F401  (torch.optim imports it at its first step)
+    # what start-up built, out of the collector's reach (still off: a worker's run turns it on
+    # as it starts training); this process's last collection at exit no longer walks it
+    gc.freeze()
     set_start_method("fork", force=True)
     if not _FORK_HOOK:
         os.register_at_fork(after_in_child=fresh_connections)
