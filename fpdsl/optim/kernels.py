@@ -180,3 +180,14 @@ def snes_update(mu, sigma, z, weights, lr_mean, lr_sigma):
     for j in range(P):
         mu[j] += lr_mean * sigma[j] * g_mu[j]
         sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
+
+
+@jit
+def snes_rank_update(mu, sigma, z, f, util, weights, lr_mean, lr_sigma):
+    """Rank the members by f (ties by index), give the k-th best the utility util[k]
+    (weights, by member), then snes_update. Returns the best member's index."""
+    order = np.argsort(f, kind="mergesort")
+    for k in range(order.size):
+        weights[order[k]] = util[k]
+    snes_update(mu, sigma, z, weights, lr_mean, lr_sigma)
+    return order[0]

@@ -400,35 +400,41 @@ class SNES:
         util = (math.log(S / 2 + 1) - rank.log()).clamp_(min=0)
         util = util / util.sum() - 1.0 / S  # best first
         mu, sigma = theta0.clone(), torch.full_like(theta0, self.init_spread)
-        weights = torch.empty(S, device=theta0.device, dtype=theta0.dtype)
         # this generation's directions: the first S//2 rows negate the next S//2 when mirrored
         z = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)
         half = S // 2 if self.mirrored else 0
         x = torch.empty_like(z)
-        fused = _fused(theta0.device)
-        if fused:
-            from fpdsl.optim import kernels
+        loop = self._kernel_loop if _fused(theta0.device) else self._torch_loop
+        return (yield from loop(pop, rand, mu, sigma, z, half, x, util, lr_sigma))
 
-            mun, sn, zn, xn, wn, un = mu.numpy(), sigma.numpy(), z.numpy(), x.numpy(), weights.numpy(), util.numpy()
+    def _kernel_loop(self, pop, rand, mu, sigma, z, half, x, util, lr_sigma):
+        """The generations on CPU: the normals (one draw), one compiled pass that samples the
+        members, and after their evaluation one that ranks them and moves μ and σ
+        (kernels.snes_rank_update)."""
+        from fpdsl.optim import kernels
+
+        mun, sn, zn, xn, un = mu.numpy(), sigma.numpy(), z.numpy(), x.numpy(), util.numpy()
+        weights = np.empty_like(un)
         while True:
             rand.normal_(z[half:])  # contiguous rows: one draw
-            if fused:
-                kernels.snes_sample(mun, sn, zn, half, xn)
-            else:
-                torch.neg(z[half : 2 * half], out=z[:half])
-                torch.addcmul(mu, sigma, z, out=x)
+            kernels.snes_sample(mun, sn, zn, half, xn)
             f = yield from pop.evaluate(x)
-            if fused:  # numpy sorts S numbers in a tenth of torch's call on CPU
-                order = f.numpy().argsort()
-                pop.track(x, f, int(order[0]))
-                wn[order] = un
-                kernels.snes_update(mun, sn, zn, wn, self.lr_mean, lr_sigma)
-            else:
-                order = torch.argsort(f)
-                pop.track(x, f, int(order[0]))
-                weights.scatter_(0, order, util)
-                mu.addcmul_(sigma, weights @ z, value=self.lr_mean)
-                # Σ u_k (s_k² − 1) = Σ u_k s_k², the utilities summing to zero
-                sigma.mul_((weights @ z.square_()).mul_(lr_sigma / 2).exp_())
+            pop.track(x, f, kernels.snes_rank_update(mun, sn, zn, f.numpy(), un, weights, self.lr_mean, lr_sigma))
+            if pop.report():
+                return pop.best_x
+
+    def _torch_loop(self, pop, rand, mu, sigma, z, half, x, util, lr_sigma):
+        weights = torch.empty_like(util)
+        while True:
+            rand.normal_(z[half:])  # contiguous rows: one draw
+            torch.neg(z[half : 2 * half], out=z[:half])
+            torch.addcmul(mu, sigma, z, out=x)
+            f = yield from pop.evaluate(x)
+            order = torch.argsort(f)
+            pop.track(x, f, int(order[0]))
+            weights.scatter_(0, order, util)
+            mu.addcmul_(sigma, weights @ z, value=self.lr_mean)
+            # Σ u_k (s_k² − 1) = Σ u_k s_k², the utilities summing to zero
+            sigma.mul_((weights @ z.square_()).mul_(lr_sigma / 2).exp_())
             if pop.report():
                 return pop.best_x
