@@ -154,6 +154,12 @@ class SweepCallback(Callback):
 
     # -- the launching process ---------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            self._start(config)
+        finally:
+            freeze_start_up()
+
+    def _start(self, config: DictConfig) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         if GlobalHydra.instance().is_initialized():
@@ -299,7 +305,6 @@ def fork_joblib_workers(config) -> None:
 
     if "TorchOptimizer" in str(config.get("optimizer", {}).get("_target_", "")):
         import torch._dynamo  # noqa: F401  (torch.optim imports it at its first step)
-    freeze_start_up()
     set_start_method("fork", force=True)
     if not _FORK_HOOK:
         os.register_at_fork(after_in_child=fresh_connections)
@@ -307,10 +312,12 @@ def fork_joblib_workers(config) -> None:
 
 
 def freeze_start_up() -> None:
-    """Before the command line's process forks workers: what start-up built goes out of the
-    cyclic collector's reach (it stays off in this process; a worker's run turns it on as
-    its training starts, fpdsl.runner.collect_garbage_later). The workers inherit it frozen,
-    and this process's last collection at exit no longer walks it: 0.3 s a sweep."""
+    """A multirun's launching process, once its start is done: what start-up built (Hydra,
+    MLflow, the sweep's run; torch and fpdsl too before joblib forks) goes out of the cyclic
+    collector's reach, as a run's training start does (fpdsl.runner.collect_garbage_later,
+    which then turns the collector on). A process that only launches never trains, so its
+    last collection at exit walked all of it (0.3 s with joblib or the batched launcher);
+    workers forked from it inherit it frozen."""
     import gc
 
     gc.freeze()

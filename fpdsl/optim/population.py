@@ -162,6 +162,15 @@ class _Population:
             self.best_f = fi
             self.best_x = x[i].clone()
 
+    def best_arrays(self):
+        """The best so far as arrays a compiled step updates in place: (θ (P,), [loss]); when
+        the step says it improved, `took_best` makes them the best so far."""
+        self._best, self._best_f = self.best_x.clone(), np.array([self.best_f])
+        return self._best.numpy(), self._best_f
+
+    def took_best(self) -> None:
+        self.best_f, self.best_x = float(self._best_f[0]), self._best.clone()
+
     def report(self) -> bool:
         """One generation done: tell the caller; True when the run should stop."""
         self.step += 1
@@ -217,8 +226,7 @@ class PSO:
         from fpdsl.optim import kernels
 
         xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
-        best, best_f = pop.best_x.clone(), np.array([pop.best_f])  # the kernel's copy, updated in place
-        bn, draws = best.numpy(), rand.raw16((2, *x.shape))
+        (bn, best_f), draws = pop.best_arrays(), rand.raw16((2, *x.shape))
         coefficients = (self.w, self.c1, self.c2, self.vmax or 0.0)
         if pop.report():
             return pop.best_x
@@ -226,7 +234,7 @@ class PSO:
         while True:
             f = yield from pop.evaluate(x, nan_as_inf=False)
             if kernels.pso_step(xn, vn, pn, pfn, f.numpy(), bn, best_f, next(draws), *coefficients):
-                pop.best_f, pop.best_x = float(best_f[0]), best.clone()
+                pop.took_best()
             if pop.report():
                 return pop.best_x
 
@@ -304,8 +312,7 @@ class DE:
         S, P = x.shape
         trials = torch.empty_like(x)
         xn, fn, tn = x.numpy(), f.numpy(), trials.numpy()
-        best, best_f = pop.best_x.clone(), np.array([pop.best_f])  # the kernel's copy, updated in place
-        bn = best.numpy()
+        bn, best_f = pop.best_arrays()
         picks, raws, forced = _distinct_others(rand, S, as_numpy=True), rand.raw16((S, P)), rand.indices(P, (S,))
         # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
         rule = (xn.dtype.type(self.F), math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy))
@@ -315,7 +322,7 @@ class DE:
         while True:
             ft = yield from pop.evaluate(trials, nan_as_inf=False)
             if kernels.de_step(tn, ft.numpy(), xn, fn, bn, best_f, next(picks), next(raws), next(forced), *rule):
-                pop.best_f, pop.best_x = float(best_f[0]), best.clone()
+                pop.took_best()
             if pop.report():
                 return pop.best_x
 

@@ -113,9 +113,6 @@ class BatchedLauncher(Launcher):
         shares = [[] for _ in range(min(workers, len(groups)))]
         for group in sorted(groups, key=len, reverse=True):  # whole groups, the largest first, to the emptiest
             min(shares, key=len).extend(group)
-        from fpdsl.sweep import freeze_start_up
-
-        freeze_start_up()
         children = []
         for share in shares:
             r, w = os.pipe()
