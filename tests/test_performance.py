@@ -344,20 +344,31 @@ def test_de_kernel_is_the_textbook_trial(strategy):
 
 @pytest.mark.parametrize("half", [0, 3])
 def test_snes_kernels_are_the_textbook_steps(half):
-    z, _, _, _, mu = _state(S=7)
+    d, _, _, _, mu = _state(S=7 - half)  # a generation's drawn rows
+    z = torch.cat([-d[:half], d])  # its directions: the mirrored rows first
     sigma = torch.rand(mu.shape, dtype=torch.float64) + 0.5
-    weights = torch.randn(7, dtype=torch.float64)
-    z_ref = z.clone()
-    z_ref[:half] = -z_ref[half : 2 * half]
-    x = torch.empty_like(z)
-    kernels.snes_sample(mu.numpy(), sigma.numpy(), z.numpy(), half, x.numpy())
-    torch.testing.assert_close(z, z_ref)
-    torch.testing.assert_close(x, mu + sigma * z_ref)
+    x = torch.empty(7, mu.numel(), dtype=torch.float64)
+    kernels.snes_sample(mu.numpy(), sigma.numpy(), d.numpy(), half, x.numpy())
+    torch.testing.assert_close(x, mu + sigma * z)
+    f = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0], dtype=torch.float64)  # a tie: 1 before 3
+    util = torch.linspace(0.5, -0.5, 7, dtype=torch.float64)
+    weights = torch.empty_like(util)
+    weights[torch.tensor([1, 3, 6, 0, 2, 4, 5])] = util
     mu_ref = mu + 0.9 * sigma * (weights @ z)
     sigma_ref = sigma * torch.exp(0.2 / 2 * (weights @ z.square()))
-    kernels.snes_update(mu.numpy(), sigma.numpy(), z.numpy(), weights.numpy(), 0.9, 0.2)
+    best, best_f = torch.zeros_like(mu), np.array([2.0])
+    d_next = torch.randn_like(d)
+    x_ref = x.clone()
+    got_w = torch.empty_like(util)
+    assert kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
+                             best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy())
+    torch.testing.assert_close(got_w, weights)
+    assert best_f[0] == 1.0 and torch.equal(best, x_ref[1])
     torch.testing.assert_close(mu, mu_ref)
     torch.testing.assert_close(sigma, sigma_ref)
+    torch.testing.assert_close(x, mu + sigma * torch.cat([-d_next[:half], d_next]))  # the next generation
+    assert not kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
+                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy())  # 1.0 is no better
 
 
 def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
@@ -387,6 +398,22 @@ def test_engine_normals_are_standard_normal_and_small_draws_are_torchs():
     small = torch.empty(population._Random.BOX_MULLER - 1)
     expect = torch.empty_like(small).normal_(generator=torch.Generator().manual_seed(3))
     assert torch.equal(population._Random("cpu", 3).normal_(small), expect)
+
+
+
+def test_engine_normals_per_generation_come_in_blocks_of_one_box_muller_draw():
+    """A generation under BOX_MULLER numbers (SNES at 50 × 50: 3 775) takes its rows of a draw
+    that covers several; the stream is the same as drawing them all at once."""
+    shape, n = (25, 151), 25 * 151
+    g = -(-population._Random.BOX_MULLER // n)
+    draws = population._Random("cpu", 5).normals(shape, torch.float32)
+    got = torch.stack([next(draws).clone() for _ in range(2 * g)])
+    whole = population._Random("cpu", 5)
+    expect = torch.cat([whole.normal_(torch.empty(g, *shape)), whole.normal_(torch.empty(g, *shape))])
+    assert g == 3 and torch.equal(got, expect)
+    assert len({float(r.sum()) for r in got}) == 2 * g  # every generation its own numbers
+    big = population._Random("cpu", 5).normals((100, 100), torch.float32)
+    assert torch.equal(next(big), population._Random("cpu", 5).normal_(torch.empty(100, 100)))
 
 
 def test_nevergrad_batches_fit_the_budget():

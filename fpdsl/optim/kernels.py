@@ -155,39 +155,58 @@ def de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, st
 
 
 @jit
-def snes_sample(mu, sigma, z, half, x):
-    """Rows [:half] of z ← −rows [half:2 half] (mirrored pairs); x ← mu + sigma ∘ z."""
-    S, P = z.shape
+def snes_sample(mu, sigma, d, half, x):
+    """x ← mu + sigma ∘ z for the directions z of a generation: rows [half:] of z are d's rows,
+    rows [:half] the negatives of d's first half rows (mirrored pairs; half = 0: z = d)."""
+    S, P = x.shape
     for i in range(half):
         for j in range(P):
-            z[i, j] = -z[half + i, j]
-    for i in range(S):
+            x[i, j] = mu[j] - sigma[j] * d[i, j]
+    for i in range(S - half):
         for j in range(P):
-            x[i, j] = mu[j] + sigma[j] * z[i, j]
+            x[half + i, j] = mu[j] + sigma[j] * d[i, j]
 
 
 @jit
-def snes_update(mu, sigma, z, weights, lr_mean, lr_sigma):
-    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²)."""
-    S, P = z.shape
+def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
+    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²), with z as in
+    snes_sample and u = weights (by member): each row of d read once, with the weights of its
+    pair (z_k = −d_i for the mirrored member k = i, so it adds −u_k to d_i's step and u_k to
+    its d_i² term)."""
+    n, P = d.shape
+    c = weights[half:].astype(np.float64)
+    e = c.copy()
+    for i in range(half):
+        c[i] -= weights[i]
+        e[i] += weights[i]
     g_mu = np.zeros(P)
     g_sigma = np.zeros(P)
-    for i in range(S):
-        u = weights[i]
+    for i in range(n):
+        ci, ei = c[i], e[i]
         for j in range(P):
-            g_mu[j] += u * z[i, j]
-            g_sigma[j] += u * z[i, j] * z[i, j]
+            v = d[i, j]
+            g_mu[j] += ci * v
+            g_sigma[j] += ei * v * v
     for j in range(P):
         mu[j] += lr_mean * sigma[j] * g_mu[j]
         sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
 
 
 @jit
-def snes_rank_update(mu, sigma, z, f, util, weights, lr_mean, lr_sigma):
-    """Rank the members by f (ties by index), give the k-th best the utility util[k]
-    (weights, by member), then snes_update. Returns the best member's index."""
+def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next):
+    """An SNES generation after its evaluation f, as one call: rank the members (ties by
+    index) and give the k-th best the utility util[k] (weights, by member); the best member
+    into best and its loss into best_f[0] where it improves on it; snes_update from the
+    generation's directions d; then snes_sample of the next generation from d_next into x.
+    Returns whether the best improved."""
     order = np.argsort(f, kind="mergesort")
     for k in range(order.size):
         weights[order[k]] = util[k]
-    snes_update(mu, sigma, z, weights, lr_mean, lr_sigma)
-    return order[0]
+    g = order[0]
+    improved = f[g] < best_f[0]
+    if improved:
+        best_f[0] = f[g]
+        best[:] = x[g]
+    snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma)
+    snes_sample(mu, sigma, d_next, half, x)
+    return improved

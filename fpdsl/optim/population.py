@@ -14,6 +14,7 @@ generation is cut to the evaluations left.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Literal, Optional
 
@@ -38,7 +39,8 @@ class _Random:
     BLOCK = 1 << 17  # random indices per draw, at most; at least one generation's
     GENERATIONS = 32  # generations per draw, at most
     # SNES's generation as a share of the forward pass, torch's normal_ → Box–Muller: 3 775
-    # normals 83 → 81 %, 15 100 88.0 → 89.4 %, 75 500 90 → 93 % (docs/performance.md)
+    # normals 83 → 81 % (one draw a generation), 15 100 88.0 → 89.4 %, 75 500 90 → 93 %
+    # (docs/performance.md); normals() draws several small generations at once to reach it
     BOX_MULLER = 8192
 
     def __init__(self, device, seed: int | None = None):
@@ -71,6 +73,18 @@ class _Random:
         np.cos(z, out=z)
         kernels.box_muller_scale(z, log_u)
         return out
+
+    def normals(self, shape: tuple, dtype: torch.dtype, as_numpy: bool = False):
+        """Endless per-generation tensors (numpy arrays: as_numpy, CPU) of `shape` of standard
+        normals, views of two blocks drawn in turn: each is valid until the next but one. Where a generation is fewer than
+        BOX_MULLER numbers in float32 on CPU, one draw covers enough generations to reach it,
+        so that Box–Muller pays its four calls' fixed costs once for all of them."""
+        n = max(math.prod(shape), 1)
+        small = self.device.type == "cpu" and dtype == torch.float32 and n < self.BOX_MULLER
+        blocks = torch.empty((2, -(-self.BOX_MULLER // n) if small else 1, *shape), dtype=dtype, device=self.device)
+        for k in itertools.cycle((0, 1)):
+            self.normal_(blocks[k])
+            yield from (blocks[k].numpy() if as_numpy else blocks[k])
 
     def uniform(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         return torch.rand(shape, generator=self.gen, device=self.device, dtype=dtype)
@@ -407,34 +421,40 @@ class SNES:
         util = (math.log(S / 2 + 1) - rank.log()).clamp_(min=0)
         util = util / util.sum() - 1.0 / S  # best first
         mu, sigma = theta0.clone(), torch.full_like(theta0, self.init_spread)
-        # this generation's directions: the first S//2 rows negate the next S//2 when mirrored
-        z = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)
+        # a generation's directions z: its S − half drawn rows, after the negatives of their
+        # first half (mirrored pairs) when mirrored
         half = S // 2 if self.mirrored else 0
-        x = torch.empty_like(z)
-        loop = self._kernel_loop if _fused(theta0.device) else self._torch_loop
-        return (yield from loop(pop, rand, mu, sigma, z, half, x, util, lr_sigma))
+        fused = _fused(theta0.device)
+        draws = rand.normals((S - half, P), theta0.dtype, as_numpy=fused)
+        x = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)
+        loop = self._kernel_loop if fused else self._torch_loop
+        return (yield from loop(pop, draws, mu, sigma, half, x, util, lr_sigma))
 
-    def _kernel_loop(self, pop, rand, mu, sigma, z, half, x, util, lr_sigma):
-        """The generations on CPU: the normals (one draw), one compiled pass that samples the
-        members, and after their evaluation one that ranks them and moves μ and σ
-        (kernels.snes_rank_update)."""
+    def _kernel_loop(self, pop, draws, mu, sigma, half, x, util, lr_sigma):
+        """The generations on CPU with one compiled call each after the first sample
+        (kernels.snes_step: rank, keep the best, move μ and σ, sample the next generation),
+        before the generation is reported (when the run then stops, that sample is not used)."""
         from fpdsl.optim import kernels
 
-        mun, sn, zn, xn, un = mu.numpy(), sigma.numpy(), z.numpy(), x.numpy(), util.numpy()
-        weights = np.empty_like(un)
+        mun, sn, xn, un = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy()
+        weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
+        d = next(draws)
+        kernels.snes_sample(mun, sn, d, half, xn)
         while True:
-            rand.normal_(z[half:])  # contiguous rows: one draw
-            kernels.snes_sample(mun, sn, zn, half, xn)
             f = yield from pop.evaluate(x)
-            pop.track(x, f, kernels.snes_rank_update(mun, sn, zn, f.numpy(), un, weights, self.lr_mean, lr_sigma))
+            d_next = next(draws)
+            if kernels.snes_step(mun, sn, d, half, f.numpy(), un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, d_next):
+                pop.took_best()
+            d = d_next
             if pop.report():
                 return pop.best_x
 
-    def _torch_loop(self, pop, rand, mu, sigma, z, half, x, util, lr_sigma):
-        weights = torch.empty_like(util)
+    def _torch_loop(self, pop, draws, mu, sigma, half, x, util, lr_sigma):
+        weights, z = torch.empty_like(util), torch.empty_like(x)
         while True:
-            rand.normal_(z[half:])  # contiguous rows: one draw
-            torch.neg(z[half : 2 * half], out=z[:half])
+            d = next(draws)
+            torch.neg(d[:half], out=z[:half])
+            z[half:] = d
             torch.addcmul(mu, sigma, z, out=x)
             f = yield from pop.evaluate(x)
             order = torch.argsort(f)
