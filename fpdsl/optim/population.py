@@ -38,9 +38,9 @@ class _Random:
 
     BLOCK = 1 << 17  # random indices per draw, at most; at least one generation's
     GENERATIONS = 32  # generations per draw, at most
-    # SNES's generation as a share of the forward pass, torch's normal_ → Box–Muller: 3 775
-    # normals 83 → 81 % (one draw a generation), 15 100 88.0 → 89.4 %, 75 500 90 → 93 %
-    # (docs/performance.md); normals() draws several small generations at once to reach it
+    # SNES's generation as a share of the forward pass, torch's normal_ → Box–Muller, one draw
+    # a generation: 3 775 normals 83 → 81 %, 15 100 88.0 → 89.4 %, 75 500 90 → 93 %
+    # (docs/performance.md); normals() draws several small generations at once instead
     BOX_MULLER = 8192
 
     def __init__(self, device, seed: int | None = None):
@@ -76,9 +76,10 @@ class _Random:
 
     def normals(self, shape: tuple, dtype: torch.dtype, as_numpy: bool = False):
         """Endless per-generation tensors (numpy arrays: as_numpy, CPU) of `shape` of standard
-        normals, views of two blocks drawn in turn: each is valid until the next but one. Where a generation is fewer than
-        BOX_MULLER numbers in float32 on CPU, one draw covers enough generations to reach it,
-        so that Box–Muller pays its four calls' fixed costs once for all of them."""
+        normals, views of two blocks drawn in turn: each is valid until the next but one.
+        Where a generation is fewer than BOX_MULLER numbers in float32 on CPU, one draw covers
+        enough generations to reach it, so that Box–Muller pays its four calls' fixed costs
+        once for all of them."""
         n = max(math.prod(shape), 1)
         small = self.device.type == "cpu" and dtype == torch.float32 and n < self.BOX_MULLER
         blocks = torch.empty((2, -(-self.BOX_MULLER // n) if small else 1, *shape), dtype=dtype, device=self.device)
