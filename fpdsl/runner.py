@@ -77,6 +77,7 @@ def prepare(cfg: DictConfig):
     conf = check(cfg)
     if cfg.resume:
         store = open_store(cfg)
+        not_interrupted()
         ckpt, skip = load_checkpoint(store, cfg.resume, conf)
         parts = build(cfg, conf, ckpt)
         tracker = resume_run(store, cfg, parts, ckpt)
@@ -85,10 +86,11 @@ def prepare(cfg: DictConfig):
         ckpt, skip = None, {}
         parts = build(cfg, conf)
         store = open_store(cfg)
-        job = sweep_job(store, cfg, parts)
+        job = sweep_job(store, cfg, parts)  # a sweep's job: a signal so far marks the sweep interrupted
         if job.get("interrupted"):
             say(f"job {job['job']}: not started, the sweep was interrupted")
             return ""
+        not_interrupted()
         if job.get("skip"):
             say(f"job {job['job']}: run {job['skip']} already finished with this config; skipped")
             return job["skip"]
@@ -267,11 +269,17 @@ def open_store(cfg):
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"tracking.uri: cannot use MLflow store {cfg.tracking.uri!r} ({first[:200]})") from None
-    if interrupt.requested() is not None:
-        raise interrupt.Interrupted(interrupt.requested(), "before the run was created; nothing was recorded")
     for note in store.recover_once():
         say(note)
     return store
+
+
+def not_interrupted() -> None:
+    """A signal while a run was being set up (a slow store, say) stops it before its run is
+    created. In a sweep the job does not start instead (sweep.job): an exception from a job
+    would make joblib stop its other workers half-way through their runs' final writes."""
+    if interrupt.requested() is not None:
+        raise interrupt.Interrupted(interrupt.requested(), "before the run was created; nothing was recorded")
 
 
 def start_run(store, cfg, parts: Parts, job_tags: dict):

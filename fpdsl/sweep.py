@@ -388,10 +388,13 @@ def job(store, cfg, config_hash: str) -> dict:
     parent = _parent_from_env(sweep_dir, store) or _parent_from_store(sweep_dir, store)
     if parent is None:
         return out
+    from fpdsl import interrupt
+
+    if interrupt.requested() is not None:  # a signal while this job set up: the sweep stops here
+        mark_interrupted(sweep_dir, interrupt.requested())
     if marker(sweep_dir).exists():
         out["interrupted"] = True
         return out
-    from fpdsl import interrupt
 
     interrupt.STATE.on_first.append(lambda: mark_interrupted(sweep_dir, interrupt.requested() or signal.SIGINT))
     out["tags"] = {
