@@ -87,7 +87,7 @@ def prepare(cfg: DictConfig):
         parts = build(cfg, conf)
         store = open_store(cfg)
         job = sweep_job(store, cfg, parts)  # a sweep's job: a signal so far marks the sweep interrupted
-        if job.get("interrupted"):
+        if job.get("interrupted") or (job and interrupt.requested() is not None):
             say(f"job {job['job']}: not started, the sweep was interrupted")
             return ""
         not_interrupted()
