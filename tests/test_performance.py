@@ -357,18 +357,23 @@ def test_snes_kernels_are_the_textbook_steps(half):
     mu_ref = mu + 0.9 * sigma * (weights @ z)
     sigma_ref = sigma * torch.exp(0.2 / 2 * (weights @ z.square()))
     best, best_f = torch.zeros_like(mu), np.array([2.0])
-    d_next = torch.randn_like(d)
+    d_next, state = torch.empty_like(d), np.array([11], np.uint64)
+    drawn = torch.empty_like(d)
+    kernels.normals(state.copy(), drawn.view(-1).numpy())  # what the step draws from that state
     x_ref = x.clone()
     got_w = torch.empty_like(util)
     assert kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
-                             best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy())
+                             best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state)
     torch.testing.assert_close(got_w, weights)
     assert best_f[0] == 1.0 and torch.equal(best, x_ref[1])
     torch.testing.assert_close(mu, mu_ref)
     torch.testing.assert_close(sigma, sigma_ref)
+    assert torch.equal(d_next, drawn)
     torch.testing.assert_close(x, mu + sigma * torch.cat([-d_next[:half], d_next]))  # the next generation
+    f[2] = float("nan")  # ranks last
     assert not kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
-                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy())  # 1.0 is no better
+                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state)  # 1.0 is no better
+    assert got_w[2] == util[-1]
 
 
 def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
@@ -381,11 +386,11 @@ def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
     assert list(whole) == list(out) + list(more)
 
 
-def test_engine_normals_are_standard_normal_and_small_draws_are_torchs():
+def test_engine_normals_are_standard_normal_and_seeded():
     from scipy import stats
 
     rand = population._Random("cpu", 7)
-    z = torch.empty(200_001)  # above BOX_MULLER, odd: the last pair's sine goes unused
+    z = torch.empty(200_001)  # odd: the last pair's sine goes unused
     rand.normal_(z)
     x = z.double().numpy()
     n, h = x.size, x.size // 2
@@ -395,25 +400,24 @@ def test_engine_normals_are_standard_normal_and_small_draws_are_torchs():
     again = population._Random("cpu", 7)
     assert torch.equal(again.normal_(torch.empty(200_001)), z)  # the seed fixes them
     assert not torch.equal(rand.normal_(torch.empty(200_001)), z)  # the next draw moves on
-    small = torch.empty(population._Random.BOX_MULLER - 1)
-    expect = torch.empty_like(small).normal_(generator=torch.Generator().manual_seed(3))
-    assert torch.equal(population._Random("cpu", 3).normal_(small), expect)
+    wide = population._Random("cpu", 7).normal_(torch.empty(200_001, dtype=torch.float64))
+    assert torch.equal(wide, z.double())  # the same numbers in float64
+    small = population._Random("cpu", 3).normal_(torch.empty(5))
+    assert torch.equal(small, population._Random("cpu", 3).normal_(torch.empty(7))[[0, 1, 3, 4, 2]])  # pair by pair
 
 
-
-def test_engine_normals_per_generation_come_in_blocks_of_one_box_muller_draw():
-    """A generation under BOX_MULLER numbers (SNES at 50 × 50: 3 775) takes its rows of a draw
-    that covers several; the stream is the same as drawing them all at once."""
-    shape, n = (25, 151), 25 * 151
-    g = -(-population._Random.BOX_MULLER // n)
-    draws = population._Random("cpu", 5).normals(shape, torch.float32)
-    got = torch.stack([next(draws).clone() for _ in range(2 * g)])
-    whole = population._Random("cpu", 5)
-    expect = torch.cat([whole.normal_(torch.empty(g, *shape)), whole.normal_(torch.empty(g, *shape))])
-    assert g == 3 and torch.equal(got, expect)
-    assert len({float(r.sum()) for r in got}) == 2 * g  # every generation its own numbers
-    big = population._Random("cpu", 5).normals((100, 100), torch.float32)
-    assert torch.equal(next(big), population._Random("cpu", 5).normal_(torch.empty(100, 100)))
+def test_normals_kernel_is_box_muller_in_float64_on_the_same_words():
+    """The polynomial log, sine and cosine against numpy's in float64 on the same SplitMix64 words."""
+    n = 1 << 16
+    z, words = np.empty(n, np.float32), np.empty(n // 2, np.uint64)
+    kernels.normals(np.array([42], np.uint64), z)
+    kernels.splitmix64(words, np.array([42], np.uint64))
+    w = words.view(np.uint32).astype(np.int64)
+    r = np.sqrt(-2 * np.log(((w[0::2] >> 8) + 1) * 2.0**-24))
+    theta = 2 * np.pi * (w[1::2] >> 8) * 2.0**-24
+    ref = np.concatenate([r * np.cos(theta), r * np.sin(theta)])
+    np.testing.assert_allclose(z, ref, rtol=2e-6, atol=2e-6)
+    assert np.abs(z - ref).max() < 1e-6
 
 
 def test_nevergrad_batches_fit_the_budget():

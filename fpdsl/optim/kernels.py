@@ -1,5 +1,5 @@
-"""The population engines' update steps on CPU, compiled (numba): PSO and DE make one call a
-generation (pso_step, de_step), SNES two (its normals, torch's, are drawn between them).
+"""The population engines' update steps on CPU, compiled (numba): one call a generation
+(pso_step, de_step, snes_step), and the random numbers they use (splitmix64, normals).
 
 On CPU a generation's update as tensor calls is ten or more calls of 2-10 µs each (the
 forward pass just before evicts their code and data from cache). At width 50 that was
@@ -17,6 +17,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 UNIT = 2.0**-16
@@ -44,33 +47,78 @@ def splitmix64(out, state):
     state[0] = s
 
 
-@jit
-def box_muller_angles(state, log_u, z):
-    """Box–Muller's inputs from SplitMix64 (one number a pair k < m = len(log_u), continuing
-    from state[0]), each from 24 of its bits: log_u[k] ← u uniform on (0, 1] (its log is
-    taken after), z[k] ← θ = 2π · uniform on [0, 1) and z[m + k] ← θ − π/2 (so cos gives sin)."""
-    m, n = log_u.size, z.size
-    s = state[0]
-    for k in range(m):
-        s += GAMMA
-        h = _mix(s)
-        log_u[k] = np.float32((h >> np.uint64(40)) + np.uint64(1)) * np.float32(2.0**-24)
-        theta = np.float32((h >> np.uint64(8)) & np.uint64(0xFFFFFF)) * np.float32(2.0**-24 * 2 * math.pi)
-        z[k] = theta
-        if m + k < n:
-            z[m + k] = theta - np.float32(math.pi / 2)
-    state[0] = s
+@intrinsic
+def _bits(typingctx, v):
+    """The bits of a float32, as an int32."""
+    return types.int32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
+
+
+@intrinsic
+def _float(typingctx, b):
+    """The float32 whose bits are the int32 b."""
+    return types.float32(types.int32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
+
+
+F32 = np.float32
+
+
+@numba.njit(inline="always")
+def _log(v):
+    """ln v of a normal float32 v > 0 as Cephes' logf computes it (v = m 2^e with m in
+    [√½, √2), a degree-9 polynomial in m − 1), in float32 arithmetic only, so that a loop
+    of it compiles to vector code (numba's math.log is a scalar call to libm)."""
+    b = _bits(v)
+    e = F32((b >> 23) - 126)
+    m = _float((b & 0x7FFFFF) | 0x3F000000)  # [0.5, 1)
+    small = m < F32(0.70710677)
+    e = e - F32(1) if small else e
+    x = m + m - F32(1) if small else m - F32(1)
+    z = x * x
+    y = ((((((((F32(7.0376836292e-2) * x - F32(1.1514610310e-1)) * x + F32(1.1676998740e-1)) * x
+              - F32(1.2420140846e-1)) * x + F32(1.4249322787e-1)) * x - F32(1.6668057665e-1)) * x
+           + F32(2.0000714765e-1)) * x - F32(2.4999993993e-1)) * x + F32(3.3333331174e-1)) * x * z
+    return x + (y + F32(-2.12194440e-4) * e - F32(0.5) * z) + F32(0.693359375) * e
+
+
+@numba.njit(inline="always")
+def _box_muller(a, b):
+    """Two independent standard normals from two uint32 random words, 24 bits of each:
+    √(−2 ln u) (cos θ, sin θ) with u = (a's top 24 bits + 1) 2⁻²⁴ on (0, 1] and θ = 2π t 2⁻²⁴
+    for b's top 24 bits t. θ is reduced exactly in integers to x = θ − jπ/4 in [−π/4, π/4)
+    (j even), and sin x, cos x are Cephes' sinf/cosf polynomials; all float32 arithmetic."""
+    r = np.sqrt(F32(-2.0) * _log(F32((a >> np.uint32(8)) + np.uint32(1)) * F32(2.0**-24)))
+    t = np.int32(b >> np.uint32(8))
+    j = ((t >> 21) + 1) & ~1
+    x = F32(t - (j << 21)) * F32(math.pi / 2**23)
+    z = x * x
+    sin = ((F32(-1.9515295891e-4) * z + F32(8.3321608736e-3)) * z - F32(1.6666654611e-1)) * z * x + x
+    cos = ((F32(2.443315711809948e-5) * z - F32(1.388731625493765e-3)) * z + F32(4.166664568298827e-2)) * z * z \
+        - F32(0.5) * z + F32(1)
+    q = (j >> 1) & 3  # θ = qπ/2 + x
+    c, s = (cos, sin) if (q & 1) == 0 else (sin, cos)
+    c = -c if q == 1 or q == 2 else c
+    s = -s if q >= 2 else s
+    return r * c, r * s
 
 
 @jit
-def box_muller_scale(z, log_u):
-    """z[k] and z[m + k] (the cosines of pair k's angles) times √(−2 ln u_k): two standard normals."""
-    m, n = log_u.size, z.size
+def normals(state, out):
+    """out (1-D, float32 or float64) ← standard normals by Box–Muller from SplitMix64 words
+    continuing from state[0] (one word a pair; out[k] and out[m + k], m = len(out) // 2, are pair
+    k's cosine and sine; an odd last number is pair m's cosine). Two passes (the words, then the
+    pairs), each vector code: about 1 ns a number, where torch's normal_ takes 2.8 (its
+    uniforms are a serial mt19937). Values carry float32's precision whatever out's dtype."""
+    n = out.size
+    m = n // 2
+    words = np.empty(m + 1, np.uint64)
+    splitmix64(words[: m + (n & 1)], state)
+    w = words.view(np.uint32)
     for k in range(m):
-        r = np.sqrt(np.float32(-2.0) * log_u[k])
-        z[k] *= r
-        if m + k < n:
-            z[m + k] *= r
+        c, s = _box_muller(w[2 * k], w[2 * k + 1])
+        out[k] = c
+        out[m + k] = s
+    if n & 1:
+        out[n - 1] = _box_muller(w[2 * m], w[2 * m + 1])[0]
 
 
 @jit
@@ -193,12 +241,12 @@ def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
 
 
 @jit
-def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next):
+def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
     """An SNES generation after its evaluation f, as one call: rank the members (ties by
-    index) and give the k-th best the utility util[k] (weights, by member); the best member
-    into best and its loss into best_f[0] where it improves on it; snes_update from the
-    generation's directions d; then snes_sample of the next generation from d_next into x.
-    Returns whether the best improved."""
+    index, NaN last) and give the k-th best the utility util[k] (weights, by member); the
+    best member into best and its loss into best_f[0] where it improves on it; snes_update
+    from the generation's directions d; then the next generation: d_next ← normals from
+    state, and snes_sample from them into x. Returns whether the best improved."""
     order = np.argsort(f, kind="mergesort")
     for k in range(order.size):
         weights[order[k]] = util[k]
@@ -208,5 +256,6 @@ def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr
         best_f[0] = f[g]
         best[:] = x[g]
     snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma)
+    normals(state, d_next.reshape(d_next.size))
     snes_sample(mu, sigma, d_next, half, x)
     return improved

@@ -32,16 +32,12 @@ class _Random:
     bits a number, written for each generation into one buffer just before the kernel
     reads it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
     number, and its blocks were out of cache by the time a kernel read them (torch's CPU
-    generator, a serial mt19937, is slower still). Large draws of float32 normals come
-    from the same stream (normal_); random indices are torch's; on GPU every draw is.
+    generator, a serial mt19937, is slower still). Normals come from the same stream
+    (kernels.normals); random indices are torch's; on GPU every draw is.
     """
 
     BLOCK = 1 << 17  # random indices per draw, at most; at least one generation's
     GENERATIONS = 32  # generations per draw, at most
-    # SNES's generation as a share of the forward pass, torch's normal_ → Box–Muller, one draw
-    # a generation: 3 775 normals 83 → 81 %, 15 100 88.0 → 89.4 %, 75 500 90 → 93 %
-    # (docs/performance.md); normals() draws several small generations at once instead
-    BOX_MULLER = 8192
 
     def __init__(self, device, seed: int | None = None):
         seed = int(torch.initial_seed()) if seed is None else int(seed)
@@ -50,42 +46,17 @@ class _Random:
         self.gen.manual_seed(seed)
         # SplitMix64's state: the seed through numpy's SeedSequence, so nearby seeds start far apart
         self.state = np.random.SeedSequence(seed).generate_state(1, np.uint64)
-        self.log_u = np.empty(0, np.float32)  # normal_'s working space
 
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
-        """out ← standard normals. On CPU in float32 (the engines' default), from BOX_MULLER
-        numbers on: Box–Muller, as torch's normal_ computes them, on SplitMix64's uniforms,
-        with numpy's vectorised log and cos between two compiled passes: 3.5× torch's
-        normal_ at 6·10⁴ numbers (its uniforms come from a serial mt19937). Below, torch's
-        one call costs less between two forward passes (four calls' fixed costs)."""
-        if (self.device.type != "cpu" or out.dtype != torch.float32 or not out.is_contiguous()
-                or out.numel() < self.BOX_MULLER):
+        """out ← standard normals: on CPU Box–Muller on SplitMix64 in one compiled call
+        (kernels.normals, 2-3× torch's normal_ at every size and fewer cache misses between
+        two forward passes), on GPU torch's."""
+        if self.device.type != "cpu" or not out.is_contiguous():
             return out.normal_(generator=self.gen)
         from fpdsl.optim import kernels
 
-        z = out.view(-1).numpy()
-        m = -(-z.size // 2)  # pairs: z[:m] from the cosines, z[m:] from the sines
-        if self.log_u.size < m:
-            self.log_u = np.empty(m, np.float32)
-        log_u = self.log_u[:m]
-        kernels.box_muller_angles(self.state, log_u, z)
-        np.log(log_u, out=log_u)
-        np.cos(z, out=z)
-        kernels.box_muller_scale(z, log_u)
+        kernels.normals(self.state, out.view(-1).numpy())
         return out
-
-    def normals(self, shape: tuple, dtype: torch.dtype, as_numpy: bool = False):
-        """Endless per-generation tensors (numpy arrays: as_numpy, CPU) of `shape` of standard
-        normals, views of two blocks drawn in turn: each is valid until the next but one.
-        Where a generation is fewer than BOX_MULLER numbers in float32 on CPU, one draw covers
-        enough generations to reach it, so that Box–Muller pays its four calls' fixed costs
-        once for all of them."""
-        n = max(math.prod(shape), 1)
-        small = self.device.type == "cpu" and dtype == torch.float32 and n < self.BOX_MULLER
-        blocks = torch.empty((2, -(-self.BOX_MULLER // n) if small else 1, *shape), dtype=dtype, device=self.device)
-        for k in itertools.cycle((0, 1)):
-            self.normal_(blocks[k])
-            yield from (blocks[k].numpy() if as_numpy else blocks[k])
 
     def uniform(self, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         return torch.rand(shape, generator=self.gen, device=self.device, dtype=dtype)
@@ -425,40 +396,38 @@ class SNES:
         # a generation's directions z: its S − half drawn rows, after the negatives of their
         # first half (mirrored pairs) when mirrored
         half = S // 2 if self.mirrored else 0
-        fused = _fused(theta0.device)
-        draws = rand.normals((S - half, P), theta0.dtype, as_numpy=fused)
+        d = torch.empty((2, S - half, P), device=theta0.device, dtype=theta0.dtype)  # this generation's, the next's
         x = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)
-        loop = self._kernel_loop if fused else self._torch_loop
-        return (yield from loop(pop, draws, mu, sigma, half, x, util, lr_sigma))
+        loop = self._kernel_loop if _fused(theta0.device) else self._torch_loop
+        return (yield from loop(pop, rand, d, mu, sigma, half, x, util, lr_sigma))
 
-    def _kernel_loop(self, pop, draws, mu, sigma, half, x, util, lr_sigma):
+    def _kernel_loop(self, pop, rand, d, mu, sigma, half, x, util, lr_sigma):
         """The generations on CPU with one compiled call each after the first sample
-        (kernels.snes_step: rank, keep the best, move μ and σ, sample the next generation),
-        before the generation is reported (when the run then stops, that sample is not used)."""
+        (kernels.snes_step: rank, keep the best, move μ and σ, draw and sample the next
+        generation), before the generation is reported (when the run then stops, that sample
+        is not used). A NaN loss ranks last and is never the best."""
         from fpdsl.optim import kernels
 
-        mun, sn, xn, un = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy()
+        mun, sn, xn, un, dn = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy(), d.numpy()
         weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
-        d = next(draws)
-        kernels.snes_sample(mun, sn, d, half, xn)
-        while True:
-            f = yield from pop.evaluate(x)
-            d_next = next(draws)
-            if kernels.snes_step(mun, sn, d, half, f.numpy(), un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, d_next):
+        kernels.snes_sample(mun, sn, rand.normal_(d[0]).numpy(), half, xn)
+        for k in itertools.cycle((0, 1)):
+            f = yield from pop.evaluate(x, nan_as_inf=False)
+            if kernels.snes_step(mun, sn, dn[k], half, f.numpy(), un, weights, bn, best_f, xn, self.lr_mean, lr_sigma,
+                                 dn[1 - k], rand.state):
                 pop.took_best()
-            d = d_next
             if pop.report():
                 return pop.best_x
 
-    def _torch_loop(self, pop, draws, mu, sigma, half, x, util, lr_sigma):
-        weights, z = torch.empty_like(util), torch.empty_like(x)
+    def _torch_loop(self, pop, rand, d, mu, sigma, half, x, util, lr_sigma):
+        weights, z, d = torch.empty_like(util), torch.empty_like(x), d[0]
         while True:
-            d = next(draws)
+            rand.normal_(d)
             torch.neg(d[:half], out=z[:half])
             z[half:] = d
             torch.addcmul(mu, sigma, z, out=x)
-            f = yield from pop.evaluate(x)
-            order = torch.argsort(f)
+            f = yield from pop.evaluate(x, nan_as_inf=False)
+            order = torch.argsort(f)  # NaN last
             pop.track(x, f, int(order[0]))
             weights.scatter_(0, order, util)
             mu.addcmul_(sigma, weights @ z, value=self.lr_mean)
