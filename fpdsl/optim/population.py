@@ -1,9 +1,9 @@
 """Vectorised population engine: PSO, DE and SNES with the whole population as one (S, P) tensor.
 
 Each generation is one batched loss call through the objective, on the objective's
-device, and the engine's update: on CPU one compiled call (fpdsl.optim.kernels), on GPU a handful of in-place tensor operations. Training runs at
-about the speed of the batched forward pass (benchmarks/bench.py measures the ratio).
-Chosen over EvoX and evotorch on the evidence in docs/performance.md (a better ratio,
+device, and the engine's update: on CPU one compiled call (fpdsl.optim.kernels), on GPU
+a handful of in-place tensor operations. Training runs at about the speed of the batched
+forward pass (benchmarks/bench.py measures the ratio). Chosen over EvoX and evotorch on the evidence in docs/performance.md (a better ratio,
 fewer dependencies, and PSO, DE and an ES under one call shape).
 
 Every engine starts from the model's initialisation θ0 (member 0 exactly at θ0, the
