@@ -3,8 +3,9 @@
 Each generation is one batched loss call through the objective, on the objective's
 device, and the engine's update: on CPU one compiled call (fpdsl.optim.kernels), on GPU
 a handful of in-place tensor operations. Training runs at about the speed of the batched
-forward pass (benchmarks/bench.py measures the ratio). Chosen over EvoX and evotorch on the evidence in docs/performance.md (a better ratio,
-fewer dependencies, and PSO, DE and an ES under one call shape).
+forward pass (benchmarks/bench.py measures the ratio). Chosen over EvoX and evotorch on
+the evidence in docs/performance.md (a better ratio, fewer dependencies, and PSO, DE and
+an ES under one call shape).
 
 Every engine starts from the model's initialisation θ0 (member 0 exactly at θ0, the
 rest at θ0 + N(0, init_spread²)), reports the best member seen so far, never takes a
