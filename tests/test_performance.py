@@ -241,7 +241,7 @@ def test_population_engine_step_budget_and_seed(engine, update_path):
 class SameDraws(population._Random):
     """The engines' random source with its uniforms and indices served in order from fixed
     pools, so both update paths see the same numbers: raw16 and uniform (raw·2⁻¹⁶) share
-    one pool, randint and indices one per range. Normals stay torch's, seeded as in a run."""
+    one pool, randint one per range (de_draws draws from them as the torch path does). Normals stay torch's, seeded as in a run."""
 
     def __init__(self, device, seed=None):
         super().__init__(device, seed)
@@ -264,9 +264,11 @@ class SameDraws(population._Random):
     def randint(self, low, high, size):
         return torch.from_numpy(self.take((low, high), size, lambda: self.rng.integers(low, high, 1 << 16)))
 
-    def indices(self, high, shape):
+    def de_draws(self, S, P):
+        """DE's numbers as the torch path draws them."""
+        picks, raw = population._distinct_others(self, S), self.raw16((S, P))
         while True:
-            yield self.randint(0, high, shape).numpy()
+            yield next(picks).numpy(), next(raw), self.randint(0, P, (S,)).numpy()
 
 
 ALL_ENGINES = {**ENGINES, **{f"de_{s}": (lambda s=s: DE(popsize=10, strategy=s)) for s in DE.STRATEGIES[1:]},
@@ -384,6 +386,33 @@ def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
     kernels.splitmix64(more, state)
     kernels.splitmix64(whole, np.zeros(1, np.uint64))
     assert list(whole) == list(out) + list(more)
+
+
+def test_de_draws_kernel_gives_distinct_other_rows_and_uniform_numbers():
+    S, P, gens = 6, 5, 4000
+    draws = population._Random("cpu", 1).de_draws(S, P)
+    picks = np.empty((gens, 3, S), np.int64)
+    forced = np.empty((gens, S), np.int64)
+    raw = np.empty((gens, S, P), np.int64)
+    for g in range(gens):
+        p, r, fo = next(draws)
+        picks[g], raw[g], forced[g] = p, r, fo
+    rows = np.arange(S)
+    assert ((picks >= 0) & (picks < S)).all()
+    assert ((picks != rows).all(axis=1)).all()  # never the row itself
+    assert ((picks[:, 0] != picks[:, 1]) & (picks[:, 0] != picks[:, 2]) & (picks[:, 1] != picks[:, 2])).all()
+    # each of the S − 1 other rows equally likely for r1, r2 and r3; each component for forced
+    for k in range(3):
+        counts = np.stack([np.bincount(picks[:, k, i], minlength=S) for i in range(S)])
+        expect = gens / (S - 1)
+        assert (counts[rows, rows] == 0).all()
+        assert np.abs(counts[~np.eye(S, dtype=bool)] - expect).max() < 5 * np.sqrt(expect)
+    counts = np.bincount(forced.ravel(), minlength=P)
+    assert counts.size == P and np.abs(counts - gens * S / P).max() < 5 * np.sqrt(gens * S / P)
+    assert abs(raw.mean() / 2**16 - 0.5) < 0.005 and raw.min() >= 0 and raw.max() < 2**16
+    first = next(population._Random("cpu", 1).de_draws(S, P))  # the seed fixes them
+    assert len({p.tobytes() for p in picks}) > gens // 2  # every generation its own draw
+    assert np.array_equal(first[0], picks[0]) and np.array_equal(first[1], raw[0]) and np.array_equal(first[2], forced[0])
 
 
 def test_engine_normals_are_standard_normal_and_seeded():

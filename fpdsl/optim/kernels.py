@@ -170,6 +170,37 @@ def pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
     return improved
 
 
+@numba.njit(inline="always")
+def _below(w, n):
+    """A uniform integer in [0, n) from the 32-bit random w (multiply-shift: bias < n / 2³²)."""
+    return np.int64((np.uint64(w) * np.uint64(n)) >> np.uint64(32))
+
+
+@jit
+def de_draws(state, words, picks, forced, P):
+    """A DE generation's random numbers in one call: words (uint64) ← the next len(words)
+    numbers of SplitMix64 from state[0] (which moves on); the words past the first 2S are
+    the generation's 16-bit uniforms (the caller holds them as a (S, P) view); from the
+    first 2S, four 32-bit numbers a row i give picks[:, i] = r1, r2, r3, distinct and none
+    of them i (offsets from i in [1, S) drawn without replacement, as _distinct_others does
+    with torch's integers), and forced[i] uniform in [0, P)."""
+    splitmix64(words, state)
+    w = words.view(np.uint32)
+    S = forced.size
+    for i in range(S):
+        k1 = 1 + _below(w[4 * i], S - 1)
+        k2 = 1 + _below(w[4 * i + 1], S - 2)
+        k2 += k2 >= k1
+        lo, hi = min(k1, k2), max(k1, k2)
+        k3 = 1 + _below(w[4 * i + 2], S - 3)
+        k3 += k3 >= lo
+        k3 += k3 >= hi
+        picks[0, i] = (i + k1) % S
+        picks[1, i] = (i + k2) % S
+        picks[2, i] = (i + k3) % S
+        forced[i] = _below(w[4 * i + 3], P)
+
+
 @jit
 def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
     """Trial vectors into out: component j of row i is the mutant's where raw[i, j] <

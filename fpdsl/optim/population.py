@@ -32,11 +32,12 @@ class _Random:
     bits a number, written for each generation into one buffer just before the kernel
     reads it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
     number, and its blocks were out of cache by the time a kernel read them (torch's CPU
-    generator, a serial mt19937, is slower still). Normals come from the same stream
-    (kernels.normals); random indices are torch's; on GPU every draw is.
+    generator, a serial mt19937, is slower still). Normals (kernels.normals) and DE's random
+    rows and components (kernels.de_draws) come from the same stream; on GPU every draw is
+    torch's.
     """
 
-    BLOCK = 1 << 17  # random indices per draw, at most; at least one generation's
+    BLOCK = 1 << 17  # random indices per draw on GPU, at most; at least one generation's
     GENERATIONS = 32  # generations per draw, at most
 
     def __init__(self, device, seed: int | None = None):
@@ -80,10 +81,19 @@ class _Random:
             kernels.splitmix64(words, self.state)
             yield out
 
-    def indices(self, high: int, shape: tuple):
-        """Endless per-generation numpy int64 arrays of `shape`, uniform in [0, high) (CPU)."""
+    def de_draws(self, S: int, P: int):
+        """Endless per-generation numpy arrays for DE on CPU: (picks (3, S): r1, r2, r3 of each
+        row, distinct and not the row; raw (S, P) uint16 uniforms; forced (S,) in [0, P)), all
+        from SplitMix64 in one compiled call (kernels.de_draws; torch's integers in blocks of
+        generations cost DE 4 µs a generation more at 50 × 50). Refilled at each next()."""
+        from fpdsl.optim import kernels
+
+        words = np.empty(2 * S + -(-S * P // 4), np.uint64)
+        raw = words[2 * S:].view(np.uint16)[: S * P].reshape(S, P)
+        picks, forced = np.empty((3, S), np.int64), np.empty(S, np.int64)
         while True:
-            yield from self.randint(0, high, (self.generations(shape), *shape)).numpy()
+            kernels.de_draws(self.state, words, picks, forced, P)
+            yield picks, raw, forced
 
 
 def drive(search, evaluate):
@@ -295,19 +305,17 @@ class DE:
         generation's trials, before the generation is reported."""
         from fpdsl.optim import kernels
 
-        S, P = x.shape
         trials = torch.empty_like(x)
         xn, fn, tn = x.numpy(), f.numpy(), trials.numpy()
-        bn, best_f = pop.best_arrays()
-        picks, raws, forced = _distinct_others(rand, S, as_numpy=True), rand.raw16((S, P)), rand.indices(P, (S,))
+        (bn, best_f), draws = pop.best_arrays(), rand.de_draws(*x.shape)
         # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
         rule = (xn.dtype.type(self.F), math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy))
         if pop.report():
             return pop.best_x
-        kernels.de_trial(xn, bn, next(picks), next(raws), next(forced), *rule, tn)
+        kernels.de_trial(xn, bn, *next(draws), *rule, tn)
         while True:
             ft = yield from pop.evaluate(trials, nan_as_inf=False)
-            if kernels.de_step(tn, ft.numpy(), xn, fn, bn, best_f, next(picks), next(raws), next(forced), *rule):
+            if kernels.de_step(tn, ft.numpy(), xn, fn, bn, best_f, *next(draws), *rule):
                 pop.took_best()
             if pop.report():
                 return pop.best_x
@@ -340,9 +348,9 @@ class DE:
         return trial, select
 
 
-def _distinct_others(rand: _Random, S: int, as_numpy: bool = False):
-    """Endless (3, S) tensors (numpy arrays with as_numpy, CPU): per generation r1, r2, r3, in
-    every row distinct and not the row itself."""
+def _distinct_others(rand: _Random, S: int):
+    """Endless (3, S) tensors: per generation r1, r2, r3, in every row distinct and not the
+    row itself (the GPU path's; kernels.de_draws is the same on CPU)."""
     k = rand.generations((3, S))
     rows = torch.arange(S, device=rand.device)
     while True:
@@ -354,7 +362,7 @@ def _distinct_others(rand: _Random, S: int, as_numpy: bool = False):
         k3 += k3 >= lo
         k3 += k3 >= hi
         block = torch.stack([(k1 + rows) % S, (k2 + rows) % S, (k3 + rows) % S], dim=1)
-        yield from (block.numpy() if as_numpy else block.unbind(0))
+        yield from block.unbind(0)
 
 
 class SNES:
