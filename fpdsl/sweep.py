@@ -166,6 +166,9 @@ class SweepCallback(Callback):
             compose_faster(GlobalHydra.instance().config_loader())
         hydra = config.hydra
         total = count_jobs(hydra)
+        if total == 0:  # before the store is touched; Hydra turns a callback's exception into a warning
+            print(f"fpdsl: error: {empty_sweep_reason(hydra)}", file=sys.stderr)
+            sys.exit(2)
         at_once = jobs_at_once(hydra, total)
         threads = max(1, cores() // at_once) if at_once else None
         if threads is not None:
@@ -475,21 +478,43 @@ def limit_threads(n: int | None) -> None:
     threadpool_limits(n)
 
 
+def _sweep_overrides(hydra):
+    """The sweep's overrides as Hydra's basic sweeper parses them (globs against the config
+    groups' options)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = list(hydra.overrides.task)
+    for k, v in (hydra.sweeper.get("params") or {}).items():
+        args.append(f"{k}={v}")
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    return OverridesParser.create(config_loader=loader).parse_overrides(args)
+
+
 def count_jobs(hydra) -> int | None:
     """Jobs in a sweep of Hydra's basic sweeper (the grid's size); None for other sweepers."""
     if not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
     try:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        args = list(hydra.overrides.task)
-        for k, v in (hydra.sweeper.get("params") or {}).items():
-            args.append(f"{k}={v}")
-        parsed = OverridesParser.create().parse_overrides(args)
-        return sum(len(b) for b in BasicSweeper.split_arguments(parsed, None))
+        return sum(len(b) for b in BasicSweeper.split_arguments(_sweep_overrides(hydra), None))
     except Exception:
         return None
+
+
+def empty_sweep_reason(hydra) -> str:
+    """Which override leaves a sweep without a job (a glob that matches nothing, an empty
+    range), and the fix, in one line."""
+    from hydra.core.override_parser.types import ValueType
+
+    for o in _sweep_overrides(hydra):
+        if o.is_sweep_override() and not list(o.sweep_string_iterator()):
+            key = o.get_key_element()
+            if o.value_type == ValueType.GLOB_CHOICE_SWEEP:
+                return f"{o.input_line}: matches none of {key}'s options, so the sweep has no job; fix the pattern (fpdsl --help lists the options)"
+            return f"{o.input_line}: gives no value, so the sweep has no job; give {key} at least one value"
+    return "the sweep has no job; give every swept key at least one value"
 
 
 def jobs_at_once(hydra, total: int | None) -> int | None:

@@ -24,6 +24,9 @@ BAD = [
     ("dataset=nope", "dataset"),
     ("probe=[nope]", "probe"),
     ("experiment=nope", "experiment"),
+    # a sweep without a job
+    ("-m experiment=glob(nomatch_*)", "experiment"),
+    ("-m seed=range(0) model.width=3,4", "seed"),
     ("model.width=[1,2", "model.width"),
     ("+budget.max_time=3", "budget.max_time"),
     ("optimizer.optimizer.lr=0.1", "optimizer.optimizer.lr"),
