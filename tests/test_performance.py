@@ -241,7 +241,8 @@ def test_population_engine_step_budget_and_seed(engine, update_path):
 class SameDraws(population._Random):
     """The engines' random source with its uniforms and indices served in order from fixed
     pools, so both update paths see the same numbers: raw16 and uniform (raw·2⁻¹⁶) share
-    one pool, randint one per range (de_draws draws from them as the torch path does). Normals stay torch's, seeded as in a run."""
+    one pool, randint one per range (de_draws draws from them as the torch path does).
+    Normals stay the engine's own (kernels.normals on CPU), seeded as in a run."""
 
     def __init__(self, device, seed=None):
         super().__init__(device, seed)
@@ -410,8 +411,8 @@ def test_de_draws_kernel_gives_distinct_other_rows_and_uniform_numbers():
     counts = np.bincount(forced.ravel(), minlength=P)
     assert counts.size == P and np.abs(counts - gens * S / P).max() < 5 * np.sqrt(gens * S / P)
     assert abs(raw.mean() / 2**16 - 0.5) < 0.005 and raw.min() >= 0 and raw.max() < 2**16
-    first = next(population._Random("cpu", 1).de_draws(S, P))  # the seed fixes them
     assert len({p.tobytes() for p in picks}) > gens // 2  # every generation its own draw
+    first = next(population._Random("cpu", 1).de_draws(S, P))  # the seed fixes them
     assert np.array_equal(first[0], picks[0]) and np.array_equal(first[1], raw[0]) and np.array_equal(first[2], forced[0])
 
 

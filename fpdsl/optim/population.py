@@ -51,8 +51,9 @@ class _Random:
     def normal_(self, out: torch.Tensor) -> torch.Tensor:
         """out ← standard normals: on CPU Box–Muller on SplitMix64 in one compiled call
         (kernels.normals, 2-3× torch's normal_ at every size and fewer cache misses between
-        two forward passes), on GPU torch's."""
-        if self.device.type != "cpu" or not out.is_contiguous():
+        two forward passes), on GPU (or for another dtype than float32 and float64) torch's."""
+        if (self.device.type != "cpu" or out.dtype not in (torch.float32, torch.float64)
+                or not out.is_contiguous()):
             return out.normal_(generator=self.gen)
         from fpdsl.optim import kernels
 
