@@ -15,6 +15,10 @@ points, tanh MLP 1-width-1), at 2 threads unless --threads says otherwise:
                   torch.vmap(functional_call), as EvoX's neuroevolution problems do
   nevergrad pso   nevergrad's PSO through fpdsl's batched ask/tell (optimizer=pso_ng)
 
+and the tuner's choice: fpdsl.tuning's measurement run afresh 3 times (what a new machine
+gets) against every candidate variant timed back to back in interleaved rounds, as an
+engine calls it; the claim is the steady rate of each pick ÷ the best candidate's.
+
 Every contender runs slices of generations in interleaved rounds (order shuffled each
 round); the claim is the median over rounds of evaluations per second. EvoX is optional:
 `pip install evox==1.4.0` (it builds on the installed torch).
@@ -125,6 +129,32 @@ def evox_contenders(width, S, gens_of, clock):
     return {"evox pso": rate(fast), "evox pso vmap": rate(vmapped)}
 
 
+def tuner(width, S, quick, clock) -> dict:
+    """fpdsl.tuning's fresh picks against the steady rate of every candidate variant."""
+    obj = objective(width)
+    thetas = obj.theta0 + 0.1 * torch.randn(S, obj.n_params)
+    picks = [tuning.measure(obj, thetas) for _ in range(3)]
+    variants = tuning.candidates(obj, S)
+    if len(variants) == 1:
+        return {"picks": [v.name for v in picks], "steady_evals_per_s": {}, "picks_over_best": [1.0] * len(picks)}
+    runs = {}
+    for v in variants:
+        o = objective(width)
+        o.variant = v
+        runs[v] = lambda calls, o=o: forward_rate(lambda th: o.population_loss(th, count=False), thetas, calls, clock)
+    calls = max(3, int((0.05 if quick else 0.1) * runs[variants[0]](1) / S))  # per slice
+    rates = {v: [] for v in variants}
+    rng = random.Random(1)
+    for _ in range(3 if quick else 5):
+        for v in rng.sample(variants, len(variants)):
+            runs[v](1)  # one untimed call after the other variants
+            rates[v].append(runs[v](calls))
+    steady = {v.name: float(np.median(r)) for v, r in rates.items()}
+    best = max(steady.values())
+    return {"picks": [v.name for v in picks], "steady_evals_per_s": steady,
+            "picks_over_best": [steady[v.name] / best for v in picks]}
+
+
 def bench(width, S, threads, quick):
     torch.set_num_threads(threads)
     clock = time.perf_counter
@@ -137,6 +167,7 @@ def bench(width, S, threads, quick):
     tanh = objective(width)
     tanh.variant = tuning.Variant(False, chosen.chunk_bytes)
     book = textbook(obj)
+    book(thetas)  # the first call allocates and faults in its memory: time the second
     t = time.perf_counter()
     book(thetas)
     per_gen = time.perf_counter() - t
@@ -174,6 +205,7 @@ def bench(width, S, threads, quick):
     if "evox pso" in med:
         row["pso_over_evox"] = med["pso"] / med["evox pso"]
         row["pso_over_evox_vmap"] = med["pso"] / med["evox pso vmap"]
+    row["tuner"] = tuner(width, S, quick, clock)
     return row
 
 
@@ -190,7 +222,9 @@ def run(quick: bool = False, threads: int = 2, sizes=((50, 50), (200, 200), (50,
         evox = f"; pso ÷ evox {row['pso_over_evox']:.2f} (vmap problem {row['pso_over_evox_vmap']:.2f})" if "pso_over_evox" in row else ""
         print(f"  width {w} × pop {s}: fastest forward {row['fastest_forward']} {e[row['fastest_forward']]:,.0f}/s "
               f"(chosen {row['variant_chosen']}); of it pso {r['pso']:.0%} de {r['de']:.0%} snes {r['snes']:.0%}{evox}; "
-              f"pso ÷ nevergrad {row['pso_over_nevergrad']:.1f}", flush=True)
+              f"pso ÷ nevergrad {row['pso_over_nevergrad']:.1f}; tuner's fresh picks "
+              f"{', '.join(row['tuner']['picks'])} at {min(row['tuner']['picks_over_best']):.0%} of the best variant "
+              "or better", flush=True)
     torch.set_num_threads(saved)
     return rows
 

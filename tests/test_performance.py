@@ -78,6 +78,7 @@ def test_the_kernel_variant_is_measured_once_per_machine_and_shape_then_read_bac
     saved = json.loads(tuning.cache_file().read_text())
     (key,) = saved
     assert tuning.cpu_model() in key and torch.__version__ in key and "members 30" in key
+    assert f"measure {tuning.METHOD}" in key  # a choice an older way of measuring made is not read back
     monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("measured again"))
     assert tuning.choose(obj, thetas) == chosen  # read back
     monkeypatch.setenv("FPDSL_KERNEL", "tanh")
