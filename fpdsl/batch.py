@@ -239,6 +239,9 @@ def _population_group(members) -> None:
         xs = [pending[i] for i in order]
         y = None if targets is None else torch.cat([targets[i].expand(len(x), *targets.shape[1:]) for i, x in zip(order, xs)])
         f = o0.population_loss(torch.cat(xs), y=y, count=False)
+        if objs[-1].variant is None:  # every member is evaluated with o0's kernel variant: its run records it
+            for o in objs:
+                o.variant = o0.variant
         at = 0
         for i, x in zip(order, xs):
             objs[i].n_evals += len(x)

@@ -8,7 +8,9 @@ the first batched call for a shape, each variant (tanh or the sigmoid fold × a 
 sizes) runs on the real shapes in interleaved rounds, back to back as an engine calls it,
 the fastest is kept, and the choice is cached in ~/.cache/fpdsl/kernels.json under a key
 naming the CPU model, the torch version, the thread count, the dtype, the shapes and the
-way of measuring; another CPU, torch version or way of measuring is measured afresh. FPDSL_KERNEL=fold or =tanh skips the measurement (benchmarks, tests).
+way of measuring; another CPU, torch version or way of measuring is measured afresh. One
+process measures at a time (a file lock beside the cache): another that needs the same
+shape meanwhile waits and reads the choice. FPDSL_KERNEL=fold or =tanh skips the measurement (benchmarks, tests).
 Runs record the variant they used (tag fpdsl.kernel).
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -84,8 +87,15 @@ def choose(objective, thetas: torch.Tensor) -> Variant:
     cached = _read().get(k)
     if cached is not None:
         return Variant(**cached)
-    best = measure(objective, thetas)
-    _write(k, best)
+    # one process measures at a time: another (a batched launcher's other worker, a parallel
+    # grid's) waits, then reads its choice instead of measuring the same shape on a busy CPU
+    with _lock(timeout=60) as locked:
+        cached = _read().get(k) if locked else None
+        if cached is not None:
+            return Variant(**cached)
+        best = measure(objective, thetas)
+        if locked:
+            _write(k, best)
     return best
 
 
@@ -130,17 +140,34 @@ def _read() -> dict:
         return {}
 
 
-def _write(k: str, v: Variant) -> None:
-    from filelock import FileLock
+@contextmanager
+def _lock(timeout: float):
+    """The cache's lock, held while the block runs; yields False (not held) where it cannot be
+    taken in time or at all (a read-only home: measure again next time)."""
+    from filelock import FileLock, Timeout
 
     path = cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=10):
-            data = _read()
-            data[k] = {"fold": v.fold, "chunk_bytes": v.chunk_bytes}
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-    except Exception:  # a read-only home: measure again next time
+        lock = FileLock(str(path) + ".lock", timeout=timeout)
+        lock.acquire()
+    except (OSError, Timeout):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def _write(k: str, v: Variant) -> None:
+    """Add the choice for key k to the cache (the caller holds the lock)."""
+    path = cache_file()
+    try:
+        data = _read()
+        data[k] = {"fold": v.fold, "chunk_bytes": v.chunk_bytes}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: measure again next time
         pass

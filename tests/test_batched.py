@@ -46,6 +46,8 @@ def test_each_member_equals_its_separate_run(tmp_path, optimizer):
     np.testing.assert_allclose(da, db, rtol=1e-3, atol=1e-5)
     for key in ("spectrum/n_converged", "spectrum/fp_order_halving"):
         assert member.data.metrics[key] == pytest.approx(single.data.metrics[key], nan_ok=True)
+    for r in runs.values():  # each member names the kernel variant its losses came from, as a run alone does
+        assert ("fpdsl.kernel" in r.data.tags) == ("fpdsl.kernel" in single.data.tags), r.data.tags
     arts = {x.path for x in client.list_artifacts(member.info.run_id)}
     assert {"figures", "final.npz", "probe_history.npz", "checkpoint", "config.yaml", ".hydra"} <= arts
 

@@ -87,6 +87,41 @@ def test_the_kernel_variant_is_measured_once_per_machine_and_shape_then_read_bac
     assert {v.fold for v in tuning.candidates(relu, 30)} == {True}  # no tanh: nothing to fold
 
 
+CHOOSE = """
+import sys, time, torch
+from fpdsl import tuning
+from fpdsl.losses import MSE
+from fpdsl.models import MLP
+from fpdsl.objective import Objective
+measure = tuning.measure
+def slow_measure(*a):  # a slow measurement: the other process must wait for it, not measure too
+    with open(sys.argv[1], "a") as f:
+        f.write("measured\\n")
+    time.sleep(1.5)
+    return measure(*a)
+tuning.measure = slow_measure
+torch.manual_seed(0)
+obj = Objective(MLP(1, 1, width=40), torch.linspace(-1, 1, 23)[:, None], torch.zeros(23, 1), MSE())
+print(tuning.choose(obj, obj.theta0 + 0.1 * torch.randn(30, obj.n_params)).name)
+"""
+
+
+def test_two_processes_choosing_the_same_variant_at_once_measure_it_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("FPDSL_KERNEL", None)
+    log = tmp_path / "measured.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", CHOOSE, str(log)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    names = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert log.read_text().count("measured") == 1  # the second read the first one's choice
+    assert names[0] == names[1] and names[0]
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("in_dim,out_dim", [(1, 1), (3, 2)])
 @pytest.mark.parametrize("activation", ["tanh", "relu", "xtanh"])
