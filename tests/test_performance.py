@@ -122,6 +122,36 @@ def test_two_processes_choosing_the_same_variant_at_once_measure_it_once(tmp_pat
     assert names[0] == names[1] and names[0]
 
 
+def test_a_variant_measured_while_other_work_takes_the_cpu_is_provisional(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fpdsl import tuning
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FPDSL_KERNEL", raising=False)
+    torch.manual_seed(0)
+    obj = problem(MLP(1, 1, width=40, activation="tanh"))
+    thetas = obj.theta0 + 0.1 * torch.randn(30, obj.n_params)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        tuning.choose(obj, thetas)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    (entry,) = json.loads(tuning.cache_file().read_text()).values()
+    assert entry.get("busy") is True, entry  # its threads waited for the CPU
+    measured = []
+    monkeypatch.setattr(tuning, "measure", lambda *a: measured.append(1) or tuning.DEFAULT)
+    quiet = os.getloadavg()[0] <= (os.cpu_count() or 1) - 0.5  # the spinners ran too briefly to raise it
+    tuning.choose(obj, thetas)
+    assert len(measured) == quiet  # a quiet machine measures the shape again; a busy one takes the provisional choice
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("in_dim,out_dim", [(1, 1), (3, 2)])
 @pytest.mark.parametrize("activation", ["tanh", "relu", "xtanh"])
