@@ -4,6 +4,10 @@ exactly their budget, and threaded and single-threaded scipy runs agree."""
 import inspect
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -65,14 +69,21 @@ def test_mlp_population_loss_equals_per_vector_loss(activation, depth, dtype, fo
     assert_same(obj.population_loss(thetas), per_vector(obj, thetas), dtype)
 
 
-def test_the_kernel_variant_is_measured_once_per_machine_and_shape_then_read_back(tmp_path, monkeypatch):
-    from fpdsl import tuning
-
+@pytest.fixture
+def to_tune(tmp_path, monkeypatch):
+    """An empty variant cache, no forced variant, and 30 members of a width-40 tanh MLP to choose for."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("FPDSL_KERNEL", raising=False)
     torch.manual_seed(0)
     obj = problem(MLP(1, 1, width=40, activation="tanh"))
-    thetas = obj.theta0 + 0.1 * torch.randn(30, obj.n_params)
+    return obj, obj.theta0 + 0.1 * torch.randn(30, obj.n_params)
+
+
+def test_the_kernel_variant_is_measured_once_per_machine_and_shape_then_read_back(to_tune, monkeypatch):
+    from fpdsl import tuning
+
+    obj, thetas = to_tune
+    monkeypatch.setattr(tuning, "_waited", lambda: None)  # no schedstat: measured as on a quiet machine
     chosen = tuning.choose(obj, thetas)
     assert chosen in tuning.candidates(obj, 30) and {v.fold for v in tuning.candidates(obj, 30)} == {True, False}
     saved = json.loads(tuning.cache_file().read_text())
@@ -100,6 +111,7 @@ def slow_measure(*a):  # a slow measurement: the other process must wait for it,
     time.sleep(1.5)
     return measure(*a)
 tuning.measure = slow_measure
+tuning._waited = lambda: None  # no schedstat: every measurement counts as quiet (the lock is what is tested)
 torch.manual_seed(0)
 obj = Objective(MLP(1, 1, width=40), torch.linspace(-1, 1, 23)[:, None], torch.zeros(23, 1), MSE())
 print(tuning.choose(obj, obj.theta0 + 0.1 * torch.randn(30, obj.n_params)).name)
@@ -107,10 +119,6 @@ print(tuning.choose(obj, obj.theta0 + 0.1 * torch.randn(30, obj.n_params)).name)
 
 
 def test_two_processes_choosing_the_same_variant_at_once_measure_it_once(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     env.pop("FPDSL_KERNEL", None)
     log = tmp_path / "measured.txt"
@@ -122,19 +130,10 @@ def test_two_processes_choosing_the_same_variant_at_once_measure_it_once(tmp_pat
     assert names[0] == names[1] and names[0]
 
 
-def test_a_variant_measured_while_other_work_takes_the_cpu_is_provisional(tmp_path, monkeypatch):
-    import os
-    import subprocess
-    import sys
-    import time
-
+def test_a_variant_measured_while_other_work_takes_the_cpu_is_provisional(to_tune, monkeypatch):
     from fpdsl import tuning
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv("FPDSL_KERNEL", raising=False)
-    torch.manual_seed(0)
-    obj = problem(MLP(1, 1, width=40, activation="tanh"))
-    thetas = obj.theta0 + 0.1 * torch.randn(30, obj.n_params)
+    obj, thetas = to_tune
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
         time.sleep(0.5)
