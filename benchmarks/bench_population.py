@@ -129,6 +129,18 @@ def evox_contenders(width, S, gens_of, clock):
     return {"evox pso": rate(fast), "evox pso vmap": rate(vmapped)}
 
 
+def interleaved(contenders: dict, rounds: int, seed: int) -> dict:
+    """Each contender's median over rounds, its order shuffled each round (after one warm call each)."""
+    for fn in contenders.values():
+        fn()
+    rates = {k: [] for k in contenders}
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        for name in rng.sample(list(contenders), len(contenders)):
+            rates[name].append(contenders[name]())
+    return {k: float(np.median(v)) for k, v in rates.items()}
+
+
 def tuner(width, S, quick, clock) -> dict:
     """fpdsl.tuning's fresh picks against the steady rate of every candidate variant."""
     obj = objective(width)
@@ -141,15 +153,13 @@ def tuner(width, S, quick, clock) -> dict:
     for v in variants:
         o = objective(width)
         o.variant = v
-        runs[v] = lambda calls, o=o: forward_rate(lambda th: o.population_loss(th, count=False), thetas, calls, clock)
-    calls = max(3, int((0.05 if quick else 0.1) * runs[variants[0]](1) / S))  # per slice
-    rates = {v: [] for v in variants}
-    rng = random.Random(1)
-    for _ in range(3 if quick else 5):
-        for v in rng.sample(variants, len(variants)):
-            runs[v](1)  # one untimed call after the other variants
-            rates[v].append(runs[v](calls))
-    steady = {v.name: float(np.median(r)) for v, r in rates.items()}
+        runs[v.name] = lambda calls, o=o: forward_rate(lambda th: o.population_loss(th, count=False), thetas, calls, clock)
+    calls = max(3, int((0.05 if quick else 0.1) * runs[variants[0].name](1) / S))  # per slice
+    def back_to_back(run):  # a slice after one untimed call, which finds the buffers the other variants pushed out
+        run(1)
+        return run(calls)
+
+    steady = interleaved({k: (lambda run=run: back_to_back(run)) for k, run in runs.items()}, 3 if quick else 5, 1)
     best = max(steady.values())
     return {"picks": [v.name for v in picks], "steady_evals_per_s": steady,
             "picks_over_best": [steady[v.name] / best for v in picks]}
@@ -188,14 +198,7 @@ def bench(width, S, threads, quick):
     contenders["nevergrad pso"] = lambda: engine_rate(lambda: NevergradOptimizer("PSO", batch=S), ng,
                                                       max(2, gens // 20), clock)
     contenders |= evox_contenders(width, S, lambda: gens, clock)
-    for fn in contenders.values():  # one warm slice each
-        fn()
-    rates = {k: [] for k in contenders}
-    rng = random.Random(0)
-    for _ in range(3 if quick else 7):
-        for name in rng.sample(list(contenders), len(contenders)):
-            rates[name].append(contenders[name]())
-    med = {k: float(np.median(v)) for k, v in rates.items()}
+    med = interleaved(contenders, 3 if quick else 7, 0)
     fastest_name = max(("textbook", "kernel fold", "kernel tanh"), key=med.get)
     fastest = med[fastest_name]
     row = {"width": width, "popsize": S, "threads": threads, "params": obj.n_params, "generations_per_slice": gens,

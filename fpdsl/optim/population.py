@@ -405,18 +405,18 @@ class SNES:
         # a generation's directions z: its S − half drawn rows, after the negatives of their
         # first half (mirrored pairs) when mirrored
         half = S // 2 if self.mirrored else 0
-        d = torch.empty((2, S - half, P), device=theta0.device, dtype=theta0.dtype)  # this generation's, the next's
         x = torch.empty((S, P), device=theta0.device, dtype=theta0.dtype)
         loop = self._kernel_loop if _fused(theta0.device) else self._torch_loop
-        return (yield from loop(pop, rand, d, mu, sigma, half, x, util, lr_sigma))
+        return (yield from loop(pop, rand, mu, sigma, half, x, util, lr_sigma))
 
-    def _kernel_loop(self, pop, rand, d, mu, sigma, half, x, util, lr_sigma):
+    def _kernel_loop(self, pop, rand, mu, sigma, half, x, util, lr_sigma):
         """The generations on CPU with one compiled call each after the first sample
         (kernels.snes_step: rank, keep the best, move μ and σ, draw and sample the next
         generation), before the generation is reported (when the run then stops, that sample
         is not used). A NaN loss ranks last and is never the best."""
         from fpdsl.optim import kernels
 
+        d = x.new_empty((2, len(x) - half, x.shape[1]))  # this generation's drawn rows, the next's
         mun, sn, xn, un, dn = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy(), d.numpy()
         weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
         kernels.snes_sample(mun, sn, rand.normal_(d[0]).numpy(), half, xn)
@@ -428,12 +428,11 @@ class SNES:
             if pop.report():
                 return pop.best_x
 
-    def _torch_loop(self, pop, rand, d, mu, sigma, half, x, util, lr_sigma):
-        weights, z, d = torch.empty_like(util), torch.empty_like(x), d[0]
+    def _torch_loop(self, pop, rand, mu, sigma, half, x, util, lr_sigma):
+        weights, z = torch.empty_like(util), torch.empty_like(x)
         while True:
-            rand.normal_(d)
-            torch.neg(d[:half], out=z[:half])
-            z[half:] = d
+            rand.normal_(z[half:])  # the drawn rows; the first half of them, negated, before them
+            torch.neg(z[half : 2 * half], out=z[:half])
             torch.addcmul(mu, sigma, z, out=x)
             f = yield from pop.evaluate(x, nan_as_inf=False)
             order = torch.argsort(f)  # NaN last
