@@ -7,7 +7,8 @@ points, tanh MLP 1-width-1), at 2 threads unless --threads says otherwise:
                   tanh_, baddbmm, the squared error
   kernel fold     fpdsl's batched kernel, tanh as 2σ(2z) − 1 folded into the next layer
   kernel tanh     fpdsl's batched kernel with torch's tanh
-  fastest         the best of the three (evaluations per second)
+  kernel fused    fpdsl.fused: the loss in one compiled pass, tanh as a rational function
+  fastest         the best of the four (evaluations per second)
   pso, de, snes   fpdsl's engines (their forward: the variant fpdsl.tuning chose here)
   evox pso        EvoX 1.4's PSO in its StdWorkflow (eager), its Problem calling the same
                   fastest fpdsl forward: what is left is the engine's own cost
@@ -172,10 +173,14 @@ def bench(width, S, threads, quick):
     thetas = obj.theta0 + 0.1 * torch.randn(S, obj.n_params)
     obj.population_loss(thetas)  # the tuned variant, as a run would get it
     chosen = obj.variant
+    batched = chosen if not chosen.fused else tuning.measure(  # the batched kernel's best chunk here
+        obj, thetas, [v for v in tuning.candidates(obj, S) if not v.fused])
     fold = objective(width)
-    fold.variant = tuning.Variant(True, chosen.chunk_bytes)
+    fold.variant = tuning.Variant(True, batched.chunk_bytes)
     tanh = objective(width)
-    tanh.variant = tuning.Variant(False, chosen.chunk_bytes)
+    tanh.variant = tuning.Variant(False, batched.chunk_bytes)
+    fused = objective(width)
+    fused.variant = tuning.FUSED
     book = textbook(obj)
     book(thetas)  # the first call allocates and faults in its memory: time the second
     t = time.perf_counter()
@@ -190,6 +195,7 @@ def bench(width, S, threads, quick):
         "textbook": lambda: forward_rate(book, thetas, gens, clock),
         "kernel fold": lambda: forward_rate(lambda th: fold.population_loss(th, count=False), thetas, gens, clock),
         "kernel tanh": lambda: forward_rate(lambda th: tanh.population_loss(th, count=False), thetas, gens, clock),
+        "kernel fused": lambda: forward_rate(lambda th: fused.population_loss(th, count=False), thetas, gens, clock),
         "pso": lambda: engine_rate(lambda: PSO(popsize=S), engines["pso"], gens, clock),
         "de": lambda: engine_rate(lambda: DE(popsize=S), engines["de"], gens, clock),
         "snes": lambda: engine_rate(lambda: SNES(popsize=S), engines["snes"], gens, clock),
@@ -199,7 +205,7 @@ def bench(width, S, threads, quick):
                                                       max(2, gens // 20), clock)
     contenders |= evox_contenders(width, S, lambda: gens, clock)
     med = interleaved(contenders, 3 if quick else 7, 0)
-    fastest_name = max(("textbook", "kernel fold", "kernel tanh"), key=med.get)
+    fastest_name = max(("textbook", "kernel fold", "kernel tanh", "kernel fused"), key=med.get)
     fastest = med[fastest_name]
     row = {"width": width, "popsize": S, "threads": threads, "params": obj.n_params, "generations_per_slice": gens,
            "variant_chosen": chosen.name, "evals_per_s": med, "fastest_forward": fastest_name,

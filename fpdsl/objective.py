@@ -21,7 +21,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from fpdsl import tuning
+from fpdsl import fused, tuning
+from fpdsl.losses import MSE
 
 # memory one population chunk's (S, n, width) hidden state may take on GPU (bigger is better
 # there); on CPU the chunk is part of the kernel's variant, measured per machine (fpdsl.tuning)
@@ -112,6 +113,8 @@ class Objective:
             self.n_evals += S
         if self.variant is None:
             self.variant = self._choose_variant(thetas)
+        if self.variant.fused:
+            return self._fused_loss(thetas, y)
         chunk = self.chunk or self._auto_chunk
         if S <= chunk:
             return self._batched_loss(thetas, y)
@@ -155,6 +158,29 @@ class Objective:
 
     def _batched_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.loss_fn(self.batched_forward(thetas), self.y if y is None else y)
+
+    @cached_property
+    def fusable(self) -> bool:
+        """Whether fpdsl.fused computes this objective's population loss: Linear(1, width), tanh,
+        Linear(width, 1) with biases (parameters in that order), mean squared error, float32 on CPU."""
+        if self.kernel is None or self.kernel.acts != ["tanh"] or type(self.loss_fn) is not MSE:
+            return False
+        if self.device.type != "cpu" or self.dtype != torch.float32 or self.x.shape[-1] != 1 or self.y.shape[-1] != 1:
+            return False
+        width = self.shapes[0][0]
+        return [tuple(s) for s in self.shapes] == [(width, 1), (width,), (1, width), (1,)]
+
+    @cached_property
+    def _fused_data(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[:, 0].contiguous().numpy(), self.y.reshape(1, -1).contiguous().numpy()
+
+    def _fused_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        thetas = thetas.detach().contiguous()
+        x, shared = self._fused_data
+        targets = shared if y is None else y.reshape(len(thetas), -1).contiguous().numpy()
+        out = torch.empty(len(thetas), dtype=self.dtype)
+        fused.losses(thetas.numpy(), x, targets, self.shapes[0][0], out.numpy(), torch.get_num_threads())
+        return out
 
     @cached_property
     def activation_size(self) -> int:

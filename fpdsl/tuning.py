@@ -32,20 +32,22 @@ CHUNKS = (2 << 20, 8 << 20, 32 << 20)  # bytes of hidden state per call (CPU)
 ROUNDS = 5
 SLICE_SECONDS = 0.02  # per variant per round, after one untimed call
 BUSY_WAIT = 0.1  # a measurement that waited for the CPU this share of its time or more is provisional
-METHOD = 3  # in the cache key: a choice an older measurement made is measured again
+METHOD = 4  # in the cache key: a choice an older measurement (or set of candidates) made is measured again
 
 
 @dataclass(frozen=True)
 class Variant:
     fold: bool = True  # tanh as 2σ(2z) − 1 (else torch's tanh)
     chunk_bytes: int = 8 << 20
+    fused: bool = False  # fpdsl.fused's one compiled pass (no hidden states, no chunks)
 
     @property
     def name(self) -> str:
-        return f"{'fold' if self.fold else 'tanh'}/{self.chunk_bytes >> 20}MB"
+        return "fused" if self.fused else f"{'fold' if self.fold else 'tanh'}/{self.chunk_bytes >> 20}MB"
 
 
 DEFAULT = Variant()
+FUSED = Variant(fold=False, fused=True)
 
 
 @lru_cache(maxsize=1)
@@ -78,13 +80,15 @@ def candidates(objective, size: int) -> list[Variant]:
     chunks = {}
     for c in CHUNKS:
         chunks.setdefault(-(-size // max(1, c // per_member)), c)  # number of calls → the first size giving it
-    return [Variant(f, c) for f in folds for c in chunks.values()]
+    return [Variant(f, c) for f in folds for c in chunks.values()] + ([FUSED] if objective.fusable else [])
 
 
 def choose(objective, thetas: torch.Tensor) -> Variant:
     """The variant for this objective's population calls of len(thetas) members."""
     forced = os.environ.get("FPDSL_KERNEL")
-    if forced in ("fold", "tanh"):
+    if forced == "fused" and objective.fusable:
+        return FUSED
+    if forced in ("fold", "tanh", "fused"):  # fused where it does not apply: the exact tanh
         return Variant(forced == "fold", DEFAULT.chunk_bytes)
     k = key(objective, len(thetas))
     cached = _read().get(k)
@@ -132,16 +136,16 @@ def _usable(entry: dict | None) -> bool:
 
 
 def _variant(entry: dict) -> Variant:
-    return Variant(entry["fold"], entry["chunk_bytes"])
+    return Variant(entry["fold"], entry["chunk_bytes"], entry.get("fused", False))
 
 
-def measure(objective, thetas: torch.Tensor) -> Variant:
+def measure(objective, thetas: torch.Tensor, variants: list[Variant] | None = None) -> Variant:
     """The fastest variant on these members: median over interleaved rounds of each one's time
     per call. Each slice starts with an untimed call: the first call after another variant
     finds its buffers pushed out of the caches by the other's, where an engine calls the same
     variant generation after generation (timing it made the smallest chunks look fastest:
     2 MB picked at width 50 × 1000 members, 13% slower than 32 MB run back to back)."""
-    variants = candidates(objective, len(thetas))
+    variants = variants or candidates(objective, len(thetas))
     if len(variants) == 1:
         return variants[0]
     times = {v: [] for v in variants}
@@ -202,7 +206,7 @@ def _write(k: str, v: Variant, busy: bool = False) -> None:
     path = cache_file()
     try:
         data = _read()
-        data[k] = {"fold": v.fold, "chunk_bytes": v.chunk_bytes} | ({"busy": True} if busy else {})
+        data[k] = {"fold": v.fold, "chunk_bytes": v.chunk_bytes, "fused": v.fused} | ({"busy": True} if busy else {})
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)

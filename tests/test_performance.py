@@ -219,6 +219,99 @@ def test_generic_path_falls_back_to_a_loop_when_vmap_cannot_batch():
     assert obj.n_evals == 6
 
 
+@pytest.mark.parametrize("width", [9, 50])
+def test_fused_population_loss_equals_per_vector_loss(width):
+    """fpdsl.fused: one compiled pass with a rational tanh, against the module's own forward."""
+    from fpdsl import tuning
+
+    torch.manual_seed(0)
+    obj = problem(MLP(1, 1, width=width, activation="tanh"), n=201)
+    assert obj.fusable
+    obj.variant = tuning.FUSED
+    thetas = obj.theta0 + 0.5 * torch.randn(40, obj.n_params)
+    thetas[3, 0] = 40.0  # a tanh far into its flat part (the clamp)
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), torch.float32)
+    thetas.mul_(1.1)  # the same tensor changed in place
+    assert_same(obj.population_loss(thetas), per_vector(obj, thetas), torch.float32)
+    targets = torch.randn(40, 201, 1)  # one target per member (fpdsl.batch)
+    ref = torch.stack([obj.loss_fn(obj.forward(t.unsqueeze(0)), y) for t, y in zip(thetas, targets)]).reshape(-1)
+    assert_same(obj.population_loss(thetas, targets), ref, torch.float32)
+    from fpdsl import fused
+
+    x, y = obj._fused_data
+    one, two = np.empty(40, np.float32), np.empty(40, np.float32)
+    fused.losses(thetas.numpy(), x, y, width, one, 1)
+    fused.losses(thetas.numpy(), x, y, width, two, 2)
+    assert np.array_equal(one, two)  # a member's loss does not depend on the threads
+    thetas[5, 2], thetas[7, -1] = float("nan"), float("inf")
+    f = obj.population_loss(thetas)
+    rest = torch.ones(40, dtype=torch.bool)
+    rest[[5, 7]] = False
+    assert f[5].isnan() and f[7].isnan() and f[rest].isfinite().all()
+
+
+def test_fused_path_is_offered_only_where_it_computes_the_same_loss(monkeypatch):
+    from fpdsl import tuning
+    from fpdsl.losses import Sobolev
+
+    def fusable(model, loss=MSE(), dtype=torch.float32, in_dim=1, out_dim=1):
+        obj = problem(model, in_dim=in_dim, out_dim=out_dim, dtype=dtype)
+        obj.loss_fn = loss
+        return obj.fusable
+
+    assert fusable(MLP(1, 1, width=8, activation="tanh"))
+    assert not fusable(MLP(1, 1, width=8, depth=2, activation="tanh"))
+    assert not fusable(MLP(1, 1, width=8, activation="relu"))
+    assert not fusable(MLP(2, 1, width=8, activation="tanh"), in_dim=2)
+    assert not fusable(MLP(1, 2, width=8, activation="tanh"), out_dim=2)
+    assert not fusable(MLP(1, 1, width=8, activation="tanh"), dtype=torch.float64)
+    assert not fusable(nn.Sequential(nn.Linear(1, 8, bias=False), nn.Tanh(), nn.Linear(8, 1)))
+
+    class Data:
+        x, y, uniform = torch.linspace(-1, 1, 23)[:, None], torch.zeros(23, 1), True
+
+    assert not fusable(MLP(1, 1, width=8, activation="tanh"), loss=Sobolev(Data(), s=1.0))
+    obj = problem(MLP(1, 1, width=8, activation="tanh"))
+    assert tuning.FUSED in tuning.candidates(obj, 30)
+    assert tuning.FUSED not in tuning.candidates(problem(MLP(1, 1, width=8, activation="relu")), 30)
+    monkeypatch.setenv("FPDSL_KERNEL", "fused")
+    assert tuning.choose(obj, obj.theta0.expand(30, -1)) == tuning.FUSED
+    deep = problem(MLP(1, 1, width=8, depth=2, activation="tanh"))
+    assert tuning.choose(deep, deep.theta0.expand(30, -1)) == tuning.Variant(False, tuning.DEFAULT.chunk_bytes)
+
+
+def test_a_child_forked_after_parallel_loops_computes_on_one_thread():
+    """GNU OpenMP cannot run parallel code in a child forked after it ran (numba ends such a
+    child): fpdsl.fused.parallel gives the child the one-thread twins, and the same numbers."""
+    from fpdsl import fused, tuning
+
+    torch.manual_seed(0)
+    obj = problem(MLP(1, 1, width=16, activation="tanh"), n=101)
+    obj.variant = tuning.FUSED
+    thetas = obj.theta0 + 0.3 * torch.randn(64, obj.n_params)
+    with torch.no_grad():
+        parent = obj.population_loss(thetas).numpy()
+    assert fused.parallel(2)  # parallel loops have run in this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the loss and a short PSO run, through the parallel entry points
+        try:
+            with torch.no_grad():
+                out = obj.population_loss(thetas).numpy()
+            PSO(popsize=8).run(obj, Budget(5, None), lambda step, *a: step >= 5)
+            os.write(write, out.tobytes() + bytes([fused.parallel(2)]))
+        finally:
+            os._exit(0)
+    os.close(write)
+    got = b""
+    while chunk := os.read(read, 1 << 16):
+        got += chunk
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert np.array_equal(np.frombuffer(got[:-1], np.float32), parent) and got[-1] == 0
+
+
 def test_chunked_population_equals_one_call_and_counts_every_member():
     torch.manual_seed(4)
     obj = problem(MLP(1, 1, width=5))
@@ -301,6 +394,34 @@ def test_population_engine_step_budget_and_seed(engine, update_path):
         results.append(ENGINES[engine]().run(obj, Budget(7, None), on_step))
         assert obj.n_evals == 70 and len(calls) == 7
     assert torch.equal(results[0], results[1])  # torch.manual_seed fixes the run
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_generation_evaluated_inside_the_compiled_step_is_the_same_generation(engine, threads, monkeypatch):
+    """A run of its own on fpdsl.fused's variant evaluates whole generations inside the engine's
+    compiled step (kernels.*_generation); a batched group's member goes through evaluate."""
+    from fpdsl import tuning
+
+    inside = []
+    take = population._Population.take
+    monkeypatch.setattr(population._Population, "take", lambda self, S: inside.append(take(self, S)) or inside[-1])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = []
+        for alone in (True, False):
+            obj = tiny_objective(seed=2)
+            obj.variant = tuning.FUSED
+            calls, on_step = recorder(max_evals=205)
+            best = population.drive(ENGINES[engine]().search(obj, Budget(None, 205), on_step, alone=alone),
+                                    obj.population_loss)
+            runs.append((best, [c[1:3] for c in calls], obj.n_evals))
+    finally:
+        torch.set_num_threads(saved)
+    assert inside.count(True) >= 18 and inside[-1] is False  # then the last generation, cut to the budget
+    (best_in, calls_in, n_in), (best_out, calls_out, n_out) = runs
+    assert n_in == n_out == 205 and calls_in == calls_out and torch.equal(best_in, best_out)
 
 
 class SameDraws(population._Random):
@@ -442,6 +563,37 @@ def test_snes_kernels_are_the_textbook_steps(half):
     assert not kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
                                  best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state)  # 1.0 is no better
     assert got_w[2] == util[-1]
+
+
+@pytest.mark.parametrize("engine", ["pso", "de", "snes"])
+def test_parallel_steps_make_the_same_numbers_as_the_one_thread_steps(engine):
+    """kernels.*_parallel (members split over threads) against the one-thread steps, bitwise."""
+    from fpdsl import fused
+
+    assert fused.parallel(2)
+    rng = np.random.default_rng(5)
+    S, P, half = 37, 23, 18
+    x = rng.standard_normal((S, P)).astype(np.float32)
+    f = rng.random(S).astype(np.float32)
+    f[4] = np.nan
+    best, best_f, raw = x[0].copy(), np.array([0.5]), rng.integers(0, 2**16, (2, S, P), dtype=np.uint16)
+    if engine == "pso":
+        state = [x, np.zeros_like(x) + 0.1, x + 0.5, rng.random(S).astype(np.float32), f, best, best_f, raw, 0.7, 1.4, 1.6, 0.3]
+    elif engine == "de":
+        picks = np.stack([rng.permutation(S) for _ in range(3)])
+        state = [x + 0.2, f, x, rng.random(S).astype(np.float32), best, best_f, picks, raw[0], rng.integers(0, P, S),
+                 np.float32(0.5), 40000, 2]
+    else:
+        d = rng.standard_normal((2, S - half, P)).astype(np.float32)
+        state = [x[0] * 0.1, np.full(P, 0.2, np.float32), d[0], half, f, np.linspace(0.5, -0.5, S).astype(np.float32),
+                 np.empty(S, np.float32), best, best_f, x, 0.9, 0.2, d[1], np.array([9], np.uint64)]
+    one = [a.copy() if isinstance(a, np.ndarray) else a for a in state]
+    two = [a.copy() if isinstance(a, np.ndarray) else a for a in state]
+    step = getattr(kernels, f"{engine}_step")
+    assert step(*one) == getattr(kernels, f"{engine}_step_parallel")(*two)
+    for a, b in zip(one, two):
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=True)
 
 
 def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():

@@ -21,7 +21,11 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from fpdsl.fused import losses_serial, member
+
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)  # *_parallel: see fpdsl.fused.parallel
+SPLIT = 16  # blocks a parallel step splits its columns or random numbers into (the threads share them out)
 UNIT = 2.0**-16
 
 
@@ -121,19 +125,49 @@ def normals(state, out):
         out[n - 1] = _box_muller(w[2 * m], w[2 * m + 1])[0]
 
 
+@numba.njit(inline="always")
+def _normals_split(state, out, blocks):
+    """normals by `blocks` runs of pairs split over threads (a prange in a parallel caller),
+    the same numbers: SplitMix64's state only adds γ, so run b starts from state + (its first
+    word) γ, and each run is normals' two vector passes."""
+    n = out.size
+    m = n // 2
+    size = -(-m // blocks)
+    s0 = state[0]
+    for b in numba.prange(blocks):
+        lo, hi = min(m, b * size), min(m, (b + 1) * size)
+        words = np.empty(hi - lo, np.uint64)
+        splitmix64(words, np.array([s0 + np.uint64(lo) * GAMMA]))
+        w = words.view(np.uint32)
+        cos, sin = out[lo:hi], out[m + lo : m + hi]
+        for k in range(hi - lo):
+            c, s = _box_muller(w[2 * k], w[2 * k + 1])
+            cos[k] = c
+            sin[k] = s
+    if n & 1:
+        word = np.empty(1, np.uint64)
+        splitmix64(word, np.array([s0 + np.uint64(m) * GAMMA]))
+        w = word.view(np.uint32)
+        out[n - 1] = _box_muller(w[0], w[1])[0]
+    state[0] = s0 + np.uint64(m + (n & 1)) * GAMMA
+
+
+@numba.njit(inline="always")
+def _pso_row(i, x, v, pbest, best, raw, w, a1, a2, vmax):
+    for j in range(x.shape[1]):
+        u = w * v[i, j] + a1 * raw[0, i, j] * (pbest[i, j] - x[i, j]) + a2 * raw[1, i, j] * (best[j] - x[i, j])
+        if vmax > 0:
+            u = min(max(u, -vmax), vmax)
+        v[i, j] = u
+        x[i, j] += u
+
+
 @jit
 def pso_move(x, v, pbest, best, raw, w, c1, c2, vmax):
     """v ← w v + c1 r1 (pbest − x) + c2 r2 (best − x), clamped to ±vmax when vmax > 0;
     x ← x + v. raw (2, S, P): r1 and r2."""
-    a1, a2 = c1 * UNIT, c2 * UNIT
-    S, P = x.shape
-    for i in range(S):
-        for j in range(P):
-            u = w * v[i, j] + a1 * raw[0, i, j] * (pbest[i, j] - x[i, j]) + a2 * raw[1, i, j] * (best[j] - x[i, j])
-            if vmax > 0:
-                u = min(max(u, -vmax), vmax)
-            v[i, j] = u
-            x[i, j] += u
+    for i in range(x.shape[0]):
+        _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
 
 
 @jit
@@ -170,6 +204,32 @@ def pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
     return improved
 
 
+@pjit
+def pso_step_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
+    """pso_step with the members' moves split over threads (the same numbers)."""
+    improved = keep_best(x, f, pbest, pf, False, best, best_f)
+    for i in numba.prange(x.shape[0]):
+        _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
+    return improved
+
+
+@jit
+def pso_generation(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data, targets, width):
+    """A whole PSO generation in one call: f ← fpdsl.fused's loss of every member (data,
+    targets, width: its arguments), then pso_step."""
+    losses_serial(x, data, targets, width, f)
+    return pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax)
+
+
+@pjit
+def pso_generation_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data, targets, width):
+    """pso_generation split over threads (the same numbers): each thread evaluates, then moves,
+    the same members."""
+    for i in numba.prange(x.shape[0]):
+        f[i] = member(x[i], data, targets[0], width)
+    return pso_step_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax)
+
+
 @numba.njit(inline="always")
 def _below(w, n):
     """A uniform integer in [0, n) from the 32-bit random w (multiply-shift: bias < n / 2³²)."""
@@ -201,26 +261,30 @@ def de_draws(state, words, picks, forced, P):
         forced[i] = _below(w[4 * i + 3], P)
 
 
+@numba.njit(inline="always")
+def _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, out):
+    r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
+    for j in range(x.shape[1]):
+        if raw[i, j] < threshold or j == forced[i]:
+            d = F * (x[r1, j] - x[r2, j])
+            if strategy == 0:
+                out[i, j] = best[j] + d
+            elif strategy == 1:
+                out[i, j] = x[r3, j] + d
+            else:
+                out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
+        else:
+            out[i, j] = x[i, j]
+
+
 @jit
 def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
     """Trial vectors into out: component j of row i is the mutant's where raw[i, j] <
     threshold or j == forced[i], else x's. Mutant: 0 best1 best + F (x_r1 − x_r2), 1 rand1
     x_r3 + F (x_r1 − x_r2), 2 current_to_best1 x + F (best − x) + F (x_r1 − x_r2);
     picks (3, S): r1, r2, r3."""
-    S, P = x.shape
-    for i in range(S):
-        r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
-        for j in range(P):
-            if raw[i, j] < threshold or j == forced[i]:
-                d = F * (x[r1, j] - x[r2, j])
-                if strategy == 0:
-                    out[i, j] = best[j] + d
-                elif strategy == 1:
-                    out[i, j] = x[r3, j] + d
-                else:
-                    out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
-            else:
-                out[i, j] = x[i, j]
+    for i in range(x.shape[0]):
+        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, out)
 
 
 @jit
@@ -233,51 +297,93 @@ def de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, st
     return improved
 
 
+@pjit
+def de_step_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
+    """de_step with the next trials split over threads (the same numbers)."""
+    improved = keep_best(trials, ft, x, f, True, best, best_f)
+    for i in numba.prange(x.shape[0]):
+        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
+    return improved
+
+
+@numba.njit(inline="always")
+def _snes_row(i, mu, sigma, d, half, x):
+    if i < half:
+        for j in range(x.shape[1]):
+            x[i, j] = mu[j] - sigma[j] * d[i, j]
+    else:
+        for j in range(x.shape[1]):
+            x[i, j] = mu[j] + sigma[j] * d[i - half, j]
+
+
+@jit
+def de_generation(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets, width):
+    """A whole DE generation in one call: ft ← fpdsl.fused's loss of every trial, then de_step."""
+    losses_serial(trials, data, targets, width, ft)
+    return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
+
+
+@pjit
+def de_generation_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets,
+                           width):
+    """de_generation split over threads (the same numbers)."""
+    for i in numba.prange(x.shape[0]):
+        ft[i] = member(trials[i], data, targets[0], width)
+    return de_step_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
+
+
 @jit
 def snes_sample(mu, sigma, d, half, x):
     """x ← mu + sigma ∘ z for the directions z of a generation: rows [half:] of z are d's rows,
     rows [:half] the negatives of d's first half rows (mirrored pairs; half = 0: z = d)."""
-    S, P = x.shape
+    for i in range(x.shape[0]):
+        _snes_row(i, mu, sigma, d, half, x)
+
+
+@numba.njit(inline="always")
+def _snes_pairs(d, half, weights):
+    """The weight of each drawn row in the mean's step (c) and in σ's (e): z_k = −d_i for the
+    mirrored member k = i adds −u_k to d_i's step and u_k to its d_i² term."""
+    c = weights[half:].astype(np.float64)
+    e = c.copy()
     for i in range(half):
-        for j in range(P):
-            x[i, j] = mu[j] - sigma[j] * d[i, j]
-    for i in range(S - half):
-        for j in range(P):
-            x[half + i, j] = mu[j] + sigma[j] * d[i, j]
+        c[i] -= weights[i]
+        e[i] += weights[i]
+    return c, e
+
+
+@numba.njit(inline="always")
+def _snes_columns(lo, hi, mu, sigma, d, c, e, lr_mean, lr_sigma):
+    """snes_update's step of μ and σ in columns [lo, hi), each column's sum over d's rows in
+    row order."""
+    g_mu = np.zeros(hi - lo)
+    g_sigma = np.zeros(hi - lo)
+    for i in range(d.shape[0]):
+        ci, ei = c[i], e[i]
+        row = d[i, lo:hi]
+        for j in range(hi - lo):
+            v = row[j]
+            g_mu[j] += ci * v
+            g_sigma[j] += ei * v * v
+    m, s = mu[lo:hi], sigma[lo:hi]
+    for j in range(hi - lo):
+        m[j] += lr_mean * s[j] * g_mu[j]
+        s[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
 
 
 @jit
 def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
     """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²), with z as in
     snes_sample and u = weights (by member): each row of d read once, with the weights of its
-    pair (z_k = −d_i for the mirrored member k = i, so it adds −u_k to d_i's step and u_k to
-    its d_i² term)."""
-    n, P = d.shape
-    c = weights[half:].astype(np.float64)
-    e = c.copy()
-    for i in range(half):
-        c[i] -= weights[i]
-        e[i] += weights[i]
-    g_mu = np.zeros(P)
-    g_sigma = np.zeros(P)
-    for i in range(n):
-        ci, ei = c[i], e[i]
-        for j in range(P):
-            v = d[i, j]
-            g_mu[j] += ci * v
-            g_sigma[j] += ei * v * v
-    for j in range(P):
-        mu[j] += lr_mean * sigma[j] * g_mu[j]
-        sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
+    pair."""
+    c, e = _snes_pairs(d, half, weights)
+    _snes_columns(0, d.shape[1], mu, sigma, d, c, e, lr_mean, lr_sigma)
 
 
-@jit
-def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
-    """An SNES generation after its evaluation f, as one call: rank the members (ties by
-    index, NaN last) and give the k-th best the utility util[k] (weights, by member); the
-    best member into best and its loss into best_f[0] where it improves on it; snes_update
-    from the generation's directions d; then the next generation: d_next ← normals from
-    state, and snes_sample from them into x. Returns whether the best improved."""
+@numba.njit(inline="always")
+def _snes_rank(f, util, weights, best, best_f, x):
+    """Rank the members (ties by index, NaN last), give the k-th best the utility util[k]
+    (weights, by member), and keep the best member in best, best_f[0] where it improves."""
     order = np.argsort(f, kind="mergesort")
     for k in range(order.size):
         weights[order[k]] = util[k]
@@ -286,7 +392,50 @@ def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr
     if improved:
         best_f[0] = f[g]
         best[:] = x[g]
+    return improved
+
+
+@jit
+def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
+    """An SNES generation after its evaluation f, as one call: _snes_rank; snes_update from the
+    generation's directions d; then the next generation: d_next ← normals from state, and
+    snes_sample from them into x. Returns whether the best improved."""
+    improved = _snes_rank(f, util, weights, best, best_f, x)
     snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma)
     normals(state, d_next.reshape(d_next.size))
     snes_sample(mu, sigma, d_next, half, x)
     return improved
+
+
+@pjit
+def snes_step_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
+    """snes_step split over threads, the same numbers: μ and σ by blocks of columns (each
+    column's sum over the rows in the same order), the normals by pairs, the sample by rows."""
+    improved = _snes_rank(f, util, weights, best, best_f, x)
+    c, e = _snes_pairs(d, half, weights)
+    P = d.shape[1]
+    blocks = min(P, SPLIT)
+    size = -(-P // blocks)
+    for b in numba.prange(blocks):
+        _snes_columns(b * size, min(P, (b + 1) * size), mu, sigma, d, c, e, lr_mean, lr_sigma)
+    _normals_split(state, d_next.reshape(d_next.size), SPLIT)
+    for i in numba.prange(x.shape[0]):
+        _snes_row(i, mu, sigma, d_next, half, x)
+    return improved
+
+
+@jit
+def snes_generation(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, data,
+                    targets, width):
+    """A whole SNES generation in one call: f ← fpdsl.fused's loss of every member, then snes_step."""
+    losses_serial(x, data, targets, width, f)
+    return snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state)
+
+
+@pjit
+def snes_generation_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state,
+                             data, targets, width):
+    """snes_generation split over threads (the same numbers)."""
+    for i in numba.prange(x.shape[0]):
+        f[i] = member(x[i], data, targets[0], width)
+    return snes_step_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state)

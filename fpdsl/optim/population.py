@@ -114,11 +114,20 @@ def _fused(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def _step(name: str):
+    """The engine's compiled step (kernels.<name>), or its twin split over torch's threads
+    (kernels.<name>_parallel, the same numbers) where fpdsl.fused.parallel allows."""
+    from fpdsl.fused import parallel
+    from fpdsl.optim import kernels
+
+    return getattr(kernels, name + "_parallel" if parallel(torch.get_num_threads()) else name)
+
+
 class _Population:
     """What every engine shares: budgeted batched evaluation and the best member so far."""
 
-    def __init__(self, objective, budget, on_step):
-        self.objective, self.on_step = objective, on_step
+    def __init__(self, objective, budget, on_step, alone=False):
+        self.objective, self.on_step, self.alone = objective, on_step, alone
         self.left = budget.max_evals  # evaluations this run may still spend (None: no limit)
         self.best_x, self.best_f = objective.theta0.clone(), math.inf
         self.step = 0
@@ -145,6 +154,26 @@ class _Population:
             if self.left is not None:
                 self.left -= S
         return f.nan_to_num_(nan=math.inf) if nan_as_inf else f
+
+    def whole(self, name: str):
+        """(kernels.<name>, its last arguments) where a generation may be evaluated inside the
+        engine's compiled step, saving the calls between the two: a run evaluated by its own
+        objective (`alone`; a batched group's member is evaluated with the others) whose
+        variant is fpdsl.fused's; else None. Each use is preceded by take()."""
+        o = self.objective
+        if not self.alone or o.variant is None or not o.variant.fused:
+            return None
+        return _step(name), (*o._fused_data, o.shapes[0][0])
+
+    def take(self, S: int) -> bool:
+        """Count a generation of S evaluated inside a compiled step, if the budget holds all of
+        it (else it goes through evaluate, which cuts it to the budget)."""
+        if self.left is not None:
+            if self.left < S:
+                return False
+            self.left -= S
+        self.objective.n_evals += S
+        return True
 
     def track(self, x: torch.Tensor, f: torch.Tensor, i: int | None = None) -> None:
         """Keep row i of x (default: f's smallest) if its loss beats the best so far."""
@@ -197,10 +226,10 @@ class PSO:
         self.init_spread, self.vmax, self.dtype = init_spread, max_velocity, dtype
 
     def run(self, objective, budget, on_step):
-        return drive(self.search(objective, budget, on_step), objective.population_loss)
+        return drive(self.search(objective, budget, on_step, alone=True), objective.population_loss)
 
-    def search(self, objective, budget, on_step):
-        pop = _Population(objective, budget, on_step)
+    def search(self, objective, budget, on_step, alone=False):
+        pop = _Population(objective, budget, on_step, alone)
         rand = _Random(objective.theta0.device, getattr(objective, "seed", None))
         x = pop.initial(self.popsize, self.init_spread, rand)
         f = yield from pop.evaluate(x)
@@ -228,9 +257,14 @@ class PSO:
         if pop.report():
             return pop.best_x
         kernels.pso_move(xn, vn, pn, bn, next(draws), *coefficients)
+        step, whole, f = _step("pso_step"), pop.whole("pso_generation"), np.empty_like(pfn)
         while True:
-            f = yield from pop.evaluate(x, nan_as_inf=False)
-            if kernels.pso_step(xn, vn, pn, pfn, f.numpy(), bn, best_f, next(draws), *coefficients):
+            if whole and pop.take(len(x)):
+                improved = whole[0](xn, vn, pn, pfn, f, bn, best_f, next(draws), *coefficients, *whole[1])
+            else:
+                fe = yield from pop.evaluate(x, nan_as_inf=False)
+                improved = step(xn, vn, pn, pfn, fe.numpy(), bn, best_f, next(draws), *coefficients)
+            if improved:
                 pop.took_best()
             if pop.report():
                 return pop.best_x
@@ -284,10 +318,10 @@ class DE:
         self.init_spread, self.dtype = init_spread, dtype
 
     def run(self, objective, budget, on_step):
-        return drive(self.search(objective, budget, on_step), objective.population_loss)
+        return drive(self.search(objective, budget, on_step, alone=True), objective.population_loss)
 
-    def search(self, objective, budget, on_step):
-        pop = _Population(objective, budget, on_step)
+    def search(self, objective, budget, on_step, alone=False):
+        pop = _Population(objective, budget, on_step, alone)
         rand = _Random(objective.theta0.device, getattr(objective, "seed", None))
         x = pop.initial(self.popsize, self.init_spread, rand)
         f = yield from pop.evaluate(x)
@@ -314,9 +348,14 @@ class DE:
         if pop.report():
             return pop.best_x
         kernels.de_trial(xn, bn, *next(draws), *rule, tn)
+        step, whole, ft = _step("de_step"), pop.whole("de_generation"), np.empty_like(fn)
         while True:
-            ft = yield from pop.evaluate(trials, nan_as_inf=False)
-            if kernels.de_step(tn, ft.numpy(), xn, fn, bn, best_f, *next(draws), *rule):
+            if whole and pop.take(len(x)):
+                improved = whole[0](tn, ft, xn, fn, bn, best_f, *next(draws), *rule, *whole[1])
+            else:
+                fe = yield from pop.evaluate(trials, nan_as_inf=False)
+                improved = step(tn, fe.numpy(), xn, fn, bn, best_f, *next(draws), *rule)
+            if improved:
                 pop.took_best()
             if pop.report():
                 return pop.best_x
@@ -390,10 +429,10 @@ class SNES:
         self.mirrored, self.dtype = mirrored, dtype
 
     def run(self, objective, budget, on_step):
-        return drive(self.search(objective, budget, on_step), objective.population_loss)
+        return drive(self.search(objective, budget, on_step, alone=True), objective.population_loss)
 
-    def search(self, objective, budget, on_step):
-        pop = _Population(objective, budget, on_step)
+    def search(self, objective, budget, on_step, alone=False):
+        pop = _Population(objective, budget, on_step, alone)
         theta0 = objective.theta0
         rand = _Random(theta0.device, getattr(objective, "seed", None))
         S, P = self.popsize, theta0.numel()
@@ -420,10 +459,16 @@ class SNES:
         mun, sn, xn, un, dn = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy(), d.numpy()
         weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
         kernels.snes_sample(mun, sn, rand.normal_(d[0]).numpy(), half, xn)
+        step, whole, f = _step("snes_step"), None, np.empty_like(un)
         for k in itertools.cycle((0, 1)):
-            f = yield from pop.evaluate(x, nan_as_inf=False)
-            if kernels.snes_step(mun, sn, dn[k], half, f.numpy(), un, weights, bn, best_f, xn, self.lr_mean, lr_sigma,
-                                 dn[1 - k], rand.state):
+            rule = (un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state)
+            if whole and pop.take(len(x)):
+                improved = whole[0](mun, sn, dn[k], half, f, *rule, *whole[1])
+            else:
+                fe = yield from pop.evaluate(x, nan_as_inf=False)
+                improved = step(mun, sn, dn[k], half, fe.numpy(), *rule)
+                whole = pop.whole("snes_generation")  # the first evaluation chose the objective's variant
+            if improved:
                 pop.took_best()
             if pop.report():
                 return pop.best_x
