@@ -3,17 +3,19 @@
 What is fastest differs between CPUs: on one AMD EPYC torch's sigmoid was ~2.5× faster
 than its tanh, so the kernel computed tanh as 2σ(2z) − 1 with the affine part folded into
 the next layer; on an Intel Xeon with AVX-512 torch's own tanh wins. The best chunk of
-members per call (how much hidden state stays in cache) also depends on the CPU. So on
-the first batched call for a shape, each variant (tanh or the sigmoid fold × a few chunk
-sizes) runs on the real shapes in interleaved rounds, back to back as an engine calls it,
-the fastest is kept, and the choice is cached in ~/.cache/fpdsl/kernels.json under a key
-naming the CPU model, the torch version, the thread count, the dtype, the shapes and the
-way of measuring; another CPU, torch version or way of measuring is measured afresh. One
-process measures at a time (a file lock beside the cache): another that needs the same
-shape meanwhile waits and reads the choice. A choice measured while other work took the
-CPU from the measurement is provisional: it serves while the machine stays busy, and a
-quiet machine measures again. FPDSL_KERNEL=fold or =tanh skips the measurement
-(benchmarks, tests). Runs record the variant they used (tag fpdsl.kernel).
+members per call (how much hidden state stays in cache) also depends on the CPU. Where
+fpdsl.fused applies (one hidden tanh layer, 1-D data, mean squared error) its one-pass loss
+is a candidate too. So on the first batched call for a shape, each variant (tanh or the
+sigmoid fold × a few chunk sizes, and the fused loss) runs on the real shapes in
+interleaved rounds, back to back as an engine calls it, the fastest is kept, and the choice
+is cached in ~/.cache/fpdsl/kernels.json under a key naming the CPU model, the torch
+version, the thread count, the dtype, the shapes and the way of measuring; another CPU,
+torch version or way of measuring is measured afresh. One process measures at a time (a
+file lock beside the cache): another that needs the same shape meanwhile waits and reads
+the choice. A choice measured while other work took the CPU from the measurement is
+provisional: it serves while the machine stays busy, and a quiet machine measures again.
+FPDSL_KERNEL=fold, =tanh or =fused skips the measurement (benchmarks, tests; fused where it
+does not apply gives tanh). Runs record the variant they used (tag fpdsl.kernel).
 """
 from __future__ import annotations
 

@@ -1,6 +1,13 @@
 """The population engines' update steps on CPU, compiled (numba): one call a generation
 (pso_step, de_step, snes_step), and the random numbers they use (splitmix64, normals).
 
+Each step has a twin split over threads (*_parallel: the members' rows, SNES's columns and
+normals in blocks; the same numbers, a test checks them bitwise), used where
+fpdsl.fused.parallel allows. *_generation evaluate the generation first with fpdsl.fused's
+loss, then step: a run whose objective chose that loss makes one compiled call a
+generation, forward pass included, and in the parallel twin each thread evaluates and then
+moves the same members (they stay in its core's cache).
+
 On CPU a generation's update as tensor calls is ten or more calls of 2-10 µs each (the
 forward pass just before evicts their code and data from cache). At width 50 that was
 15-25% of the batched forward pass; one pass over the population costs a few µs

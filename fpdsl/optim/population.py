@@ -248,7 +248,8 @@ class PSO:
     def _kernel_loop(self, pop, rand, x, v, pbest, pf):
         """The same generations on CPU with one compiled call each (kernels.pso_step): it keeps
         the members' and the swarm's best and moves the swarm for the next generation, before
-        the generation is reported (when the run then stops, that move is not used)."""
+        the generation is reported (when the run then stops, that move is not used). With
+        pop.whole, the generation's evaluation is in the same call (kernels.pso_generation)."""
         from fpdsl.optim import kernels
 
         xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
@@ -337,7 +338,8 @@ class DE:
     def _kernel_loop(self, pop, rand, x, f):
         """The same generations on CPU with one compiled call each (kernels.de_step): it keeps
         the trials that are no worse and the population's best, and makes the next
-        generation's trials, before the generation is reported."""
+        generation's trials, before the generation is reported. With pop.whole, the trials'
+        evaluation is in the same call (kernels.de_generation)."""
         from fpdsl.optim import kernels
 
         trials = torch.empty_like(x)
@@ -452,7 +454,8 @@ class SNES:
         """The generations on CPU with one compiled call each after the first sample
         (kernels.snes_step: rank, keep the best, move μ and σ, draw and sample the next
         generation), before the generation is reported (when the run then stops, that sample
-        is not used). A NaN loss ranks last and is never the best."""
+        is not used). A NaN loss ranks last and is never the best. With pop.whole, from the
+        second generation on, its evaluation is in the same call (kernels.snes_generation)."""
         from fpdsl.optim import kernels
 
         d = x.new_empty((2, len(x) - half, x.shape[1]))  # this generation's drawn rows, the next's
