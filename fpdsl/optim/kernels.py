@@ -1,12 +1,14 @@
 """The population engines' update steps on CPU, compiled (numba): one call a generation
 (pso_step, de_step, snes_step), and the random numbers they use (splitmix64, normals).
 
-Each step has a twin split over threads (*_parallel: the members' rows, SNES's columns and
-normals in blocks; the same numbers, a test checks them bitwise), used where
-fpdsl.fused.parallel allows. *_generation evaluate the generation first with fpdsl.fused's
-loss, then step: a run whose objective chose that loss makes one compiled call a
-generation, forward pass included, and in the parallel twin each thread evaluates and then
-moves the same members (they stay in its core's cache).
+PSO's and SNES's steps have a twin split over threads where fpdsl.fused.parallel allows
+(*_parallel: PSO's moves and SNES's sample by rows, SNES's normals in blocks; the same
+numbers, a test checks them bitwise). DE's step stays on one thread: each trial reads three
+other rows, and split over threads it cost more than it saved at width 50 × 50 members.
+*_generation evaluate the generation first with fpdsl.fused's loss, then step: a run whose
+objective chose that loss makes one compiled call a generation, forward pass included, and
+in PSO's parallel twin each thread evaluates and then moves the same members (they stay in
+its core's cache).
 
 On CPU a generation's update as tensor calls is ten or more calls of 2-10 µs each (the
 forward pass just before evicts their code and data from cache). At width 50 that was
@@ -32,7 +34,7 @@ from fpdsl.fused import losses_serial, member
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)  # *_parallel: see fpdsl.fused.parallel
-SPLIT = 16  # blocks a parallel step splits its columns or random numbers into (the threads share them out)
+SPLIT = 16  # blocks a parallel step splits its normals into (the threads share them out)
 UNIT = 2.0**-16
 
 
@@ -268,30 +270,26 @@ def de_draws(state, words, picks, forced, P):
         forced[i] = _below(w[4 * i + 3], P)
 
 
-@numba.njit(inline="always")
-def _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, out):
-    r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
-    for j in range(x.shape[1]):
-        if raw[i, j] < threshold or j == forced[i]:
-            d = F * (x[r1, j] - x[r2, j])
-            if strategy == 0:
-                out[i, j] = best[j] + d
-            elif strategy == 1:
-                out[i, j] = x[r3, j] + d
-            else:
-                out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
-        else:
-            out[i, j] = x[i, j]
-
-
 @jit
 def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
     """Trial vectors into out: component j of row i is the mutant's where raw[i, j] <
     threshold or j == forced[i], else x's. Mutant: 0 best1 best + F (x_r1 − x_r2), 1 rand1
     x_r3 + F (x_r1 − x_r2), 2 current_to_best1 x + F (best − x) + F (x_r1 − x_r2);
     picks (3, S): r1, r2, r3."""
-    for i in range(x.shape[0]):
-        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, out)
+    S, P = x.shape
+    for i in range(S):
+        r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
+        for j in range(P):
+            if raw[i, j] < threshold or j == forced[i]:
+                d = F * (x[r1, j] - x[r2, j])
+                if strategy == 0:
+                    out[i, j] = best[j] + d
+                elif strategy == 1:
+                    out[i, j] = x[r3, j] + d
+                else:
+                    out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
+            else:
+                out[i, j] = x[i, j]
 
 
 @jit
@@ -304,13 +302,22 @@ def de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, st
     return improved
 
 
+@jit
+def de_generation(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets, width):
+    """A whole DE generation in one call: ft ← fpdsl.fused's loss of every trial, then de_step."""
+    losses_serial(trials, data, targets, width, ft)
+    return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
+
+
 @pjit
-def de_step_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
-    """de_step with the next trials split over threads (the same numbers)."""
-    improved = keep_best(trials, ft, x, f, True, best, best_f)
+def de_generation_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets,
+                           width):
+    """de_generation with the trials' evaluation split over threads (the same numbers; the step
+    itself on one thread: each trial reads three other rows, and split over threads the step
+    cost more than it saved at width 50 × 50 members)."""
     for i in numba.prange(x.shape[0]):
-        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
-    return improved
+        ft[i] = member(trials[i], data, targets[0], width)
+    return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
 
 
 @numba.njit(inline="always")
@@ -324,22 +331,6 @@ def _snes_row(i, mu, sigma, d, half, x):
 
 
 @jit
-def de_generation(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets, width):
-    """A whole DE generation in one call: ft ← fpdsl.fused's loss of every trial, then de_step."""
-    losses_serial(trials, data, targets, width, ft)
-    return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
-
-
-@pjit
-def de_generation_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets,
-                           width):
-    """de_generation split over threads (the same numbers)."""
-    for i in numba.prange(x.shape[0]):
-        ft[i] = member(trials[i], data, targets[0], width)
-    return de_step_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
-
-
-@jit
 def snes_sample(mu, sigma, d, half, x):
     """x ← mu + sigma ∘ z for the directions z of a generation: rows [half:] of z are d's rows,
     rows [:half] the negatives of d's first half rows (mirrored pairs; half = 0: z = d)."""
@@ -347,44 +338,29 @@ def snes_sample(mu, sigma, d, half, x):
         _snes_row(i, mu, sigma, d, half, x)
 
 
-@numba.njit(inline="always")
-def _snes_pairs(d, half, weights):
-    """The weight of each drawn row in the mean's step (c) and in σ's (e): z_k = −d_i for the
-    mirrored member k = i adds −u_k to d_i's step and u_k to its d_i² term."""
+@jit
+def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
+    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²), with z as in
+    snes_sample and u = weights (by member): each row of d read once, with the weights of its
+    pair (z_k = −d_i for the mirrored member k = i, so it adds −u_k to d_i's step and u_k to
+    its d_i² term)."""
+    n, P = d.shape
     c = weights[half:].astype(np.float64)
     e = c.copy()
     for i in range(half):
         c[i] -= weights[i]
         e[i] += weights[i]
-    return c, e
-
-
-@numba.njit(inline="always")
-def _snes_columns(lo, hi, mu, sigma, d, c, e, lr_mean, lr_sigma):
-    """snes_update's step of μ and σ in columns [lo, hi), each column's sum over d's rows in
-    row order."""
-    g_mu = np.zeros(hi - lo)
-    g_sigma = np.zeros(hi - lo)
-    for i in range(d.shape[0]):
+    g_mu = np.zeros(P)
+    g_sigma = np.zeros(P)
+    for i in range(n):
         ci, ei = c[i], e[i]
-        row = d[i, lo:hi]
-        for j in range(hi - lo):
-            v = row[j]
+        for j in range(P):
+            v = d[i, j]
             g_mu[j] += ci * v
             g_sigma[j] += ei * v * v
-    m, s = mu[lo:hi], sigma[lo:hi]
-    for j in range(hi - lo):
-        m[j] += lr_mean * s[j] * g_mu[j]
-        s[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
-
-
-@jit
-def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
-    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²), with z as in
-    snes_sample and u = weights (by member): each row of d read once, with the weights of its
-    pair."""
-    c, e = _snes_pairs(d, half, weights)
-    _snes_columns(0, d.shape[1], mu, sigma, d, c, e, lr_mean, lr_sigma)
+    for j in range(P):
+        mu[j] += lr_mean * sigma[j] * g_mu[j]
+        sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
 
 
 @numba.njit(inline="always")
@@ -416,15 +392,10 @@ def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr
 
 @pjit
 def snes_step_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
-    """snes_step split over threads, the same numbers: μ and σ by blocks of columns (each
-    column's sum over the rows in the same order), the normals by pairs, the sample by rows."""
+    """snes_step with the normals (in blocks of pairs) and the sample (by rows) split over
+    threads, the same numbers (the update of μ and σ, a few µs, stays on one thread)."""
     improved = _snes_rank(f, util, weights, best, best_f, x)
-    c, e = _snes_pairs(d, half, weights)
-    P = d.shape[1]
-    blocks = min(P, SPLIT)
-    size = -(-P // blocks)
-    for b in numba.prange(blocks):
-        _snes_columns(b * size, min(P, (b + 1) * size), mu, sigma, d, c, e, lr_mean, lr_sigma)
+    snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma)
     _normals_split(state, d_next.reshape(d_next.size), SPLIT)
     for i in numba.prange(x.shape[0]):
         _snes_row(i, mu, sigma, d_next, half, x)

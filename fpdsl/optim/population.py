@@ -350,7 +350,7 @@ class DE:
         if pop.report():
             return pop.best_x
         kernels.de_trial(xn, bn, *next(draws), *rule, tn)
-        step, whole, ft = _step("de_step"), pop.whole("de_generation"), np.empty_like(fn)
+        step, whole, ft = kernels.de_step, pop.whole("de_generation"), np.empty_like(fn)
         while True:
             if whole and pop.take(len(x)):
                 improved = whole[0](tn, ft, xn, fn, bn, best_f, *next(draws), *rule, *whole[1])
