@@ -2,16 +2,18 @@
 
 For θ = (w, b, a, c) of x ↦ Σ_h a_h tanh(w_h x + b_h) + c, the mean squared error over the
 n points of every member at once, without the (members, points, width) hidden states that
-the batched kernel writes and reads (fpdsl.objective): each tanh is computed where it is
-summed. tanh is a rational function p(z)/q(z) (degrees 13 and 6, Eigen's float
-approximation) on z clamped to ±7.9053: within 4.4 float32 ulps of the exact tanh over
-the line (torch's tanh: within 0.6), and vector code (a loop of torch's or libm's tanh is
-a scalar call per number). On the 2-core Xeon this project measures on, it evaluates the
-default problem 1.5-2× faster than the fastest batched forward (docs/performance.md);
-fpdsl.tuning measures it beside the other variants on each machine and shape.
+the batched kernel writes and reads (fpdsl.objective): per member, the output at every
+point is built one hidden unit at a time, the loop over the points being vector code. tanh
+is a rational function p(z)/q(z) (degrees 13 and 6, Eigen's float approximation) on z
+clamped to ±7.9053: within 4.4 float32 ulps of the exact tanh over the line (torch's tanh:
+within 0.6). No sum is reassociated, so a member's loss is the same bits whatever the
+thread count or vector width. On the 2-core Xeon this project measures on it evaluates the
+default problem 2.0-2.7× faster than the batched kernel's best variant
+(docs/performance.md); fpdsl.tuning measures it beside the other variants on each machine
+and shape.
 
 Members are split over the threads torch uses (numba's parallel loop). A process forked
-from one that has run the parallel loop uses the one-thread loop: the GNU OpenMP runtime
+from one that has run a parallel loop uses the one-thread loop: the GNU OpenMP runtime
 cannot run parallel code in such a child (numba ends the child instead).
 """
 from __future__ import annotations
@@ -25,9 +27,9 @@ import numpy as np
 F32 = np.float32
 # no 'nnan'/'ninf': a non-finite θ must give a non-finite loss (a diverged member); no 'reassoc':
 # every sum runs in its written order, so a loss is the same bits on any thread count and
-# vector width (the vector code runs across the points, which need no reordering)
+# vector width of CPUs with FMA (the vector code runs across the points, which need no reordering)
 FAST = {"contract", "nsz"}
-CLAMP = F32(7.90531110763549805)  # |z| beyond it: tanh(z) rounds to ±1 in float32
+CLAMP = F32(7.90531110763549805)  # the approximation reaches ±1 there; beyond it, it grows like z⁷
 
 
 @numba.njit(inline="always", fastmath=FAST)
