@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from fpdsl import fused, tuning
+from fpdsl import tuning
 from fpdsl.losses import MSE
 
 # memory one population chunk's (S, n, width) hidden state may take on GPU (bigger is better
@@ -178,6 +178,8 @@ class Objective:
         return self.x[:, 0].contiguous().numpy(), self.y.reshape(1, -1).contiguous().numpy()
 
     def _fused_loss(self, thetas: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        from fpdsl import fused  # numba: imported only when a population is evaluated this way
+
         thetas = thetas.detach().contiguous()
         x, shared = self._fused_data
         targets = shared if y is None else y.reshape(len(thetas), -1).contiguous().numpy()
