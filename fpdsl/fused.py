@@ -72,7 +72,7 @@ def member(row, x, target, width):
 
 
 @numba.njit(parallel=True, fastmath=FAST, cache=True, nogil=True, error_model="numpy")
-def _losses_parallel(theta, x, y, width, out):
+def losses_parallel(theta, x, y, width, out):
     step = 1 if y.shape[0] > 1 else 0  # y: one target per member, or one for all
     for s in numba.prange(theta.shape[0]):
         i = np.intp(s)
@@ -90,7 +90,7 @@ def losses(theta: np.ndarray, x: np.ndarray, y: np.ndarray, width: int, out: np.
     """out (S,) ← each member's MSE. theta (S, 3·width + 1) float32, C-contiguous, rows (w, b, a, c)
     as nn.Sequential(Linear(1, width), Tanh, Linear(width, 1)) flattens them; x (n,); y (1, n)
     shared or (S, n) one target per member."""
-    loop = _losses_parallel if len(theta) > 1 and parallel(threads) else losses_serial
+    loop = losses_parallel if len(theta) > 1 and parallel(threads) else losses_serial
     loop(theta, x, y, width, out)
 
 

@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from fpdsl.fused import losses_serial, member
+from fpdsl.fused import losses_parallel, losses_serial
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)  # *_parallel: see fpdsl.fused.parallel
@@ -234,8 +234,7 @@ def pso_generation(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data,
 def pso_generation_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data, targets, width):
     """pso_generation split over threads (the same numbers): each thread evaluates, then moves,
     the same members."""
-    for i in numba.prange(x.shape[0]):
-        f[i] = member(x[i], data, targets[0], width)
+    losses_parallel(x, data, targets, width, f)
     return pso_step_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax)
 
 
@@ -315,8 +314,7 @@ def de_generation_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F
     """de_generation with the trials' evaluation split over threads (the same numbers; the step
     itself on one thread: each trial reads three other rows, and split over threads the step
     cost more than it saved at width 50 × 50 members)."""
-    for i in numba.prange(x.shape[0]):
-        ft[i] = member(trials[i], data, targets[0], width)
+    losses_parallel(trials, data, targets, width, ft)
     return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
 
 
@@ -414,6 +412,5 @@ def snes_generation(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_me
 def snes_generation_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state,
                              data, targets, width):
     """snes_generation split over threads (the same numbers)."""
-    for i in numba.prange(x.shape[0]):
-        f[i] = member(x[i], data, targets[0], width)
+    losses_parallel(x, data, targets, width, f)
     return snes_step_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state)

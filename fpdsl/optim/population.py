@@ -115,12 +115,13 @@ def _fused(device: torch.device) -> bool:
 
 
 def _step(name: str):
-    """The engine's compiled step (kernels.<name>), or its twin split over torch's threads
-    (kernels.<name>_parallel, the same numbers) where fpdsl.fused.parallel allows."""
+    """The compiled kernels.<name>, or its twin split over torch's threads (kernels.<name>_parallel,
+    the same numbers) where there is one and fpdsl.fused.parallel allows."""
     from fpdsl.fused import parallel
     from fpdsl.optim import kernels
 
-    return getattr(kernels, name + "_parallel" if parallel(torch.get_num_threads()) else name)
+    twin = getattr(kernels, name + "_parallel", None)
+    return twin if twin is not None and parallel(torch.get_num_threads()) else getattr(kernels, name)
 
 
 class _Population:
@@ -128,6 +129,7 @@ class _Population:
 
     def __init__(self, objective, budget, on_step, alone=False):
         self.objective, self.on_step, self.alone = objective, on_step, alone
+        self.kernels = None  # [the engine's compiled step, its whole generation: False none, None not known yet]
         self.left = budget.max_evals  # evaluations this run may still spend (None: no limit)
         self.best_x, self.best_f = objective.theta0.clone(), math.inf
         self.step = 0
@@ -155,15 +157,23 @@ class _Population:
                 self.left -= S
         return f.nan_to_num_(nan=math.inf) if nan_as_inf else f
 
-    def whole(self, name: str):
-        """(kernels.<name>, its last arguments) where a generation may be evaluated inside the
-        engine's compiled step, saving the calls between the two: a run evaluated by its own
-        objective (`alone`; a batched group's member is evaluated with the others) whose
-        variant is fpdsl.fused's; else None. Each use is preceded by take()."""
+    def generation(self, engine: str, x, before: tuple, after: tuple, f: np.ndarray):
+        """One CPU generation as a generator step (`yield from`): its evaluation, then the
+        engine's compiled step kernels.<engine>_step(*before, losses, *after); returns whether
+        the best improved. A run evaluated by its own objective (`alone`; a batched group's
+        member is evaluated with the others) on fpdsl.fused's loss evaluates inside the
+        compiled call instead (kernels.<engine>_generation, the losses into f), while the
+        budget holds a whole generation."""
+        if self.kernels is None:
+            self.kernels = [_step(engine + "_step"), None if self.alone else False]
+        step, whole = self.kernels
         o = self.objective
-        if not self.alone or o.variant is None or not o.variant.fused:
-            return None
-        return _step(name), (*o._fused_data, o.shapes[0][0])
+        if whole is None and o.variant is not None:  # the first evaluation chose the objective's variant
+            whole = self.kernels[1] = o.variant.fused and (_step(engine + "_generation"), (*o._fused_data, o.shapes[0][0]))
+        if whole and self.take(len(x)):
+            return whole[0](*before, f, *after, *whole[1])
+        losses = yield from self.evaluate(x, nan_as_inf=False)
+        return step(*before, losses.numpy(), *after)
 
     def take(self, S: int) -> bool:
         """Count a generation of S evaluated inside a compiled step, if the budget holds all of
@@ -249,7 +259,7 @@ class PSO:
         """The same generations on CPU with one compiled call each (kernels.pso_step): it keeps
         the members' and the swarm's best and moves the swarm for the next generation, before
         the generation is reported (when the run then stops, that move is not used). With
-        pop.whole, the generation's evaluation is in the same call (kernels.pso_generation)."""
+        pop.generation, the evaluation may be in the same call (kernels.pso_generation)."""
         from fpdsl.optim import kernels
 
         xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
@@ -258,14 +268,9 @@ class PSO:
         if pop.report():
             return pop.best_x
         kernels.pso_move(xn, vn, pn, bn, next(draws), *coefficients)
-        step, whole, f = _step("pso_step"), pop.whole("pso_generation"), np.empty_like(pfn)
+        f = np.empty_like(pfn)
         while True:
-            if whole and pop.take(len(x)):
-                improved = whole[0](xn, vn, pn, pfn, f, bn, best_f, next(draws), *coefficients, *whole[1])
-            else:
-                fe = yield from pop.evaluate(x, nan_as_inf=False)
-                improved = step(xn, vn, pn, pfn, fe.numpy(), bn, best_f, next(draws), *coefficients)
-            if improved:
+            if (yield from pop.generation("pso", x, (xn, vn, pn, pfn), (bn, best_f, next(draws), *coefficients), f)):
                 pop.took_best()
             if pop.report():
                 return pop.best_x
@@ -338,8 +343,8 @@ class DE:
     def _kernel_loop(self, pop, rand, x, f):
         """The same generations on CPU with one compiled call each (kernels.de_step): it keeps
         the trials that are no worse and the population's best, and makes the next
-        generation's trials, before the generation is reported. With pop.whole, the trials'
-        evaluation is in the same call (kernels.de_generation)."""
+        generation's trials, before the generation is reported. With pop.generation, the
+        trials' evaluation may be in the same call (kernels.de_generation)."""
         from fpdsl.optim import kernels
 
         trials = torch.empty_like(x)
@@ -350,14 +355,9 @@ class DE:
         if pop.report():
             return pop.best_x
         kernels.de_trial(xn, bn, *next(draws), *rule, tn)
-        step, whole, ft = kernels.de_step, pop.whole("de_generation"), np.empty_like(fn)
+        ft = np.empty_like(fn)
         while True:
-            if whole and pop.take(len(x)):
-                improved = whole[0](tn, ft, xn, fn, bn, best_f, *next(draws), *rule, *whole[1])
-            else:
-                fe = yield from pop.evaluate(trials, nan_as_inf=False)
-                improved = step(tn, fe.numpy(), xn, fn, bn, best_f, *next(draws), *rule)
-            if improved:
+            if (yield from pop.generation("de", trials, (tn,), (xn, fn, bn, best_f, *next(draws), *rule), ft)):
                 pop.took_best()
             if pop.report():
                 return pop.best_x
@@ -454,24 +454,18 @@ class SNES:
         """The generations on CPU with one compiled call each after the first sample
         (kernels.snes_step: rank, keep the best, move μ and σ, draw and sample the next
         generation), before the generation is reported (when the run then stops, that sample
-        is not used). A NaN loss ranks last and is never the best. With pop.whole, from the
-        second generation on, its evaluation is in the same call (kernels.snes_generation)."""
+        is not used). A NaN loss ranks last and is never the best. With pop.generation, from
+        the second generation on, the evaluation may be in the same call (kernels.snes_generation)."""
         from fpdsl.optim import kernels
 
         d = x.new_empty((2, len(x) - half, x.shape[1]))  # this generation's drawn rows, the next's
         mun, sn, xn, un, dn = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy(), d.numpy()
         weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
         kernels.snes_sample(mun, sn, rand.normal_(d[0]).numpy(), half, xn)
-        step, whole, f = _step("snes_step"), None, np.empty_like(un)
+        f = np.empty_like(un)
         for k in itertools.cycle((0, 1)):
             rule = (un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state)
-            if whole and pop.take(len(x)):
-                improved = whole[0](mun, sn, dn[k], half, f, *rule, *whole[1])
-            else:
-                fe = yield from pop.evaluate(x, nan_as_inf=False)
-                improved = step(mun, sn, dn[k], half, fe.numpy(), *rule)
-                whole = pop.whole("snes_generation")  # the first evaluation chose the objective's variant
-            if improved:
+            if (yield from pop.generation("snes", x, (mun, sn, dn[k], half), rule, f)):
                 pop.took_best()
             if pop.report():
                 return pop.best_x
