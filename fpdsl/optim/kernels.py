@@ -230,7 +230,7 @@ def pso_generation(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data,
     return pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax)
 
 
-@pjit
+@jit  # its parts are parallel
 def pso_generation_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data, targets, width):
     """pso_generation split over threads (the same numbers): each thread evaluates, then moves,
     the same members."""
@@ -308,7 +308,7 @@ def de_generation(trials, ft, x, f, best, best_f, picks, raw, forced, F, thresho
     return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
 
 
-@pjit
+@jit  # its parts are parallel
 def de_generation_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets,
                            width):
     """de_generation with the trials' evaluation split over threads (the same numbers; the step
@@ -408,7 +408,7 @@ def snes_generation(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_me
     return snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state)
 
 
-@pjit
+@jit  # its parts are parallel
 def snes_generation_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state,
                              data, targets, width):
     """snes_generation split over threads (the same numbers)."""
