@@ -551,49 +551,62 @@ def test_snes_kernels_are_the_textbook_steps(half):
     kernels.normals(state.copy(), drawn.view(-1).numpy())  # what the step draws from that state
     x_ref = x.clone()
     got_w = torch.empty_like(util)
-    assert kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
-                             best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state)
+    assert kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, util.numpy(), got_w.numpy(), best.numpy(),
+                             best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state, f.numpy())
     torch.testing.assert_close(got_w, weights)
     assert best_f[0] == 1.0 and torch.equal(best, x_ref[1])
     torch.testing.assert_close(mu, mu_ref)
     torch.testing.assert_close(sigma, sigma_ref)
-    assert torch.equal(d_next, drawn)
-    torch.testing.assert_close(x, mu + sigma * torch.cat([-d_next[:half], d_next]))  # the next generation
+    assert torch.equal(d_next, drawn)  # the next generation's directions
     f[2] = float("nan")  # ranks last
-    assert not kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, f.numpy(), util.numpy(), got_w.numpy(),
-                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state)  # 1.0 is no better
+    assert not kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, util.numpy(), got_w.numpy(),
+                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state, f.numpy())  # 1.0 is no better
     assert got_w[2] == util[-1]
 
 
-@pytest.mark.parametrize("engine", ["pso", "snes"])
-def test_parallel_steps_make_the_same_numbers_as_the_one_thread_steps(engine):
-    """kernels.*_parallel (members split over threads) against the one-thread steps, bitwise."""
+@pytest.mark.parametrize("engine", ["pso", "de", "snes"])
+def test_parallel_kernels_make_the_same_numbers_as_the_one_thread_kernels(engine):
+    """kernels.*_parallel (members split over threads) against the one-thread kernels, bitwise:
+    the prepare and step kernels, and the whole generation on fpdsl.fused's loss."""
     from fpdsl import fused
 
     assert fused.parallel(2)
     rng = np.random.default_rng(5)
-    S, P, half = 37, 23, 18
+    S, P, half, width = 37, 22, 18, 7
     x = rng.standard_normal((S, P)).astype(np.float32)
-    f = rng.random(S).astype(np.float32)
-    f[4] = np.nan
     best, best_f, raw = x[0].copy(), np.array([0.5]), rng.integers(0, 2**16, (2, S, P), dtype=np.uint16)
     if engine == "pso":
-        state = [x, np.zeros_like(x) + 0.1, x + 0.5, rng.random(S).astype(np.float32), f, best, best_f, raw, 0.7, 1.4, 1.6, 0.3]
+        state = [x, np.zeros_like(x) + 0.1, x + 0.5, rng.random(S).astype(np.float32), best, best_f, raw, 0.7, 1.4,
+                 1.6, 0.3]
     elif engine == "de":
-        picks = np.stack([rng.permutation(S) for _ in range(3)])
-        state = [x + 0.2, f, x, rng.random(S).astype(np.float32), best, best_f, picks, raw[0], rng.integers(0, P, S),
-                 np.float32(0.5), 40000, 2]
+        picks = np.stack([np.roll(np.arange(S), k) for k in (1, 2, 3)])
+        state = [np.empty_like(x), x, rng.random(S).astype(np.float32), best, best_f, picks, raw[0],
+                 rng.integers(0, P, S), np.float32(0.5), 40000, 2]
     else:
         d = rng.standard_normal((2, S - half, P)).astype(np.float32)
-        state = [x[0] * 0.1, np.full(P, 0.2, np.float32), d[0], half, f, np.linspace(0.5, -0.5, S).astype(np.float32),
+        state = [x[0] * 0.1, np.full(P, 0.2, np.float32), d[0], half, np.linspace(0.5, -0.5, S).astype(np.float32),
                  np.empty(S, np.float32), best, best_f, x, 0.9, 0.2, d[1], np.array([9], np.uint64)]
-    one = [a.copy() if isinstance(a, np.ndarray) else a for a in state]
-    two = [a.copy() if isinstance(a, np.ndarray) else a for a in state]
-    step = getattr(kernels, f"{engine}_step")
-    assert step(*one) == getattr(kernels, f"{engine}_step_parallel")(*two)
-    for a, b in zip(one, two):
-        if isinstance(a, np.ndarray):
-            assert np.array_equal(a, b, equal_nan=True)
+    f = rng.random(S).astype(np.float32)
+    f[4] = np.nan
+    data = (np.linspace(-1, 1, 9).astype(np.float32), rng.standard_normal((1, 9)).astype(np.float32), width)
+
+    def copies():
+        return [a.copy() if isinstance(a, np.ndarray) else a for a in (*state, f)]
+
+    def same(one, two):
+        return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(one, two) if isinstance(a, np.ndarray))
+
+    one, two = copies(), copies()
+    for name in ("_prepare", "_step"):
+        kernel, twin = getattr(kernels, engine + name), getattr(kernels, engine + name + "_parallel", None)
+        if twin is not None:
+            assert kernel(*one[: len(state)] if name == "_prepare" else one) == twin(
+                *two[: len(state)] if name == "_prepare" else two)
+            assert same(one, two)
+    one, two = copies(), copies()
+    assert getattr(kernels, engine + "_generation")(*one, *data) == getattr(kernels, engine + "_generation_parallel")(
+        *two, *data)
+    assert same(one, two)
 
 
 def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():

@@ -1,14 +1,15 @@
-"""The population engines' update steps on CPU, compiled (numba): one call a generation
-(pso_step, de_step, snes_step), and the random numbers they use (splitmix64, normals).
+"""The population engines' generations on CPU, compiled (numba): one call a generation, and
+the random numbers they use (splitmix64, normals).
 
-PSO's and SNES's steps have a twin split over threads where fpdsl.fused.parallel allows
-(*_parallel: PSO's moves and SNES's sample by rows, SNES's normals in blocks; the same
-numbers, a test checks them bitwise). DE's step stays on one thread: each trial reads three
-other rows, and split over threads it cost more than it saved at width 50 × 50 members.
-*_generation evaluate the generation first with fpdsl.fused's loss, then step: a run whose
-objective chose that loss makes one compiled call a generation, forward pass included, and
-in PSO's parallel twin each thread evaluates and then moves the same members (they stay in
-its core's cache).
+Each engine has <engine>_prepare (the generation's members: PSO's moves, DE's trials,
+SNES's sample), <engine>_step (after their losses: keep the bests; SNES also moves μ and σ
+and draws the next directions) and <engine>_generation (both around fpdsl.fused's loss, row
+by row: a run whose objective chose that loss makes one compiled call a generation, forward
+pass included). The *_parallel twins split the members over threads where
+fpdsl.fused.parallel allows, each thread preparing a member and then evaluating it while
+the row is in its core's cache, the same numbers (a test checks them bitwise); SNES's
+parallel step splits its move and its normals in one parallel loop. A parallel loop costs
+about 1.5 µs to start on the 2-core Xeon, so a generation has one (two for SNES).
 
 On CPU a generation's update as tensor calls is ten or more calls of 2-10 µs each (the
 forward pass just before evicts their code and data from cache). At width 50 that was
@@ -30,11 +31,11 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from fpdsl.fused import losses_parallel, losses_serial
+from fpdsl.fused import member
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)  # *_parallel: see fpdsl.fused.parallel
-SPLIT = 16  # blocks a parallel step splits its normals into (the threads share them out)
+SPLIT = 16  # blocks SNES's parallel step splits its normals and its move into (the threads share them out)
 UNIT = 2.0**-16
 
 
@@ -135,33 +136,6 @@ def normals(state, out):
 
 
 @numba.njit(inline="always")
-def _normals_split(state, out, blocks):
-    """normals by `blocks` runs of pairs split over threads (a prange in a parallel caller),
-    the same numbers: SplitMix64's state only adds γ, so run b starts from state + (its first
-    word) γ, and each run is normals' two vector passes."""
-    n = out.size
-    m = n // 2
-    size = -(-m // blocks)
-    s0 = state[0]
-    for b in numba.prange(blocks):
-        lo, hi = min(m, b * size), min(m, (b + 1) * size)
-        words = np.empty(hi - lo, np.uint64)
-        splitmix64(words, np.array([s0 + np.uint64(lo) * GAMMA]))
-        w = words.view(np.uint32)
-        cos, sin = out[lo:hi], out[m + lo : m + hi]
-        for k in range(hi - lo):
-            c, s = _box_muller(w[2 * k], w[2 * k + 1])
-            cos[k] = c
-            sin[k] = s
-    if n & 1:
-        word = np.empty(1, np.uint64)
-        splitmix64(word, np.array([s0 + np.uint64(m) * GAMMA]))
-        w = word.view(np.uint32)
-        out[n - 1] = _box_muller(w[0], w[1])[0]
-    state[0] = s0 + np.uint64(m + (n & 1)) * GAMMA
-
-
-@numba.njit(inline="always")
 def _pso_row(i, x, v, pbest, best, raw, w, a1, a2, vmax):
     for j in range(x.shape[1]):
         u = w * v[i, j] + a1 * raw[0, i, j] * (pbest[i, j] - x[i, j]) + a2 * raw[1, i, j] * (best[j] - x[i, j])
@@ -204,38 +178,52 @@ def keep_best(x, f, keep, fkeep, ties, best, best_f):
     return False
 
 
+# An engine's kernels below take its state as one argument list, each using what it needs
+# of it: <engine>_prepare(*state) makes a generation's members, <engine>_step(*state, f)
+# takes their losses f, <engine>_generation(*state, f, data, targets, width) does both
+# around fpdsl.fused's loss, member by member (prepare row i, then its loss, on the same
+# thread: the row is still in that core's cache, and a generation is one parallel loop).
+
+
 @jit
-def pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
-    """A PSO generation after its evaluation f, as one call: keep_best (each member's best and
-    the swarm's; returns whether the swarm's improved), then pso_move for the next generation."""
-    improved = keep_best(x, f, pbest, pf, False, best, best_f)
+def pso_prepare(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax):
+    """The generation's moves (pso_move), raw (2, S, P) its draws."""
     pso_move(x, v, pbest, best, raw, w, c1, c2, vmax)
-    return improved
 
 
 @pjit
-def pso_step_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax):
-    """pso_step with the members' moves split over threads (the same numbers)."""
-    improved = keep_best(x, f, pbest, pf, False, best, best_f)
+def pso_prepare_parallel(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax):
+    """pso_prepare with the members split over threads (the same numbers)."""
     for i in numba.prange(x.shape[0]):
         _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
-    return improved
 
 
 @jit
-def pso_generation(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data, targets, width):
-    """A whole PSO generation in one call: f ← fpdsl.fused's loss of every member (data,
-    targets, width: its arguments), then pso_step."""
-    losses_serial(x, data, targets, width, f)
-    return pso_step(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax)
+def pso_step(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f):
+    """After the evaluation f: keep_best (each member's best and the swarm's); returns
+    whether the swarm's improved."""
+    return keep_best(x, f, pbest, pf, False, best, best_f)
 
 
-@jit  # its parts are parallel
-def pso_generation_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax, data, targets, width):
-    """pso_generation split over threads (the same numbers): each thread evaluates, then moves,
-    the same members."""
-    losses_parallel(x, data, targets, width, f)
-    return pso_step_parallel(x, v, pbest, pf, f, best, best_f, raw, w, c1, c2, vmax)
+@jit
+def pso_generation(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f, data, targets, width):
+    """A whole PSO generation in one call: each member moved, then its loss into f, then pso_step."""
+    step = 1 if targets.shape[0] > 1 else 0  # one target per member, or one for all
+    for i in range(x.shape[0]):
+        _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
+        f[i] = member(x[i], data, targets[i * step], width)
+    return pso_step(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f)
+
+
+@pjit
+def pso_generation_parallel(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f, data, targets, width):
+    """pso_generation with the members split over threads (the same numbers)."""
+    step = 1 if targets.shape[0] > 1 else 0
+    for s in numba.prange(x.shape[0]):
+        i = np.intp(s)
+        _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
+        f[i] = member(x[i], data, targets[i * step], width)
+    return pso_step(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f)
 
 
 @numba.njit(inline="always")
@@ -269,53 +257,66 @@ def de_draws(state, words, picks, forced, P):
         forced[i] = _below(w[4 * i + 3], P)
 
 
+@numba.njit(inline="always")
+def _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, out):
+    r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
+    for j in range(x.shape[1]):
+        if raw[i, j] < threshold or j == forced[i]:
+            d = F * (x[r1, j] - x[r2, j])
+            if strategy == 0:
+                out[i, j] = best[j] + d
+            elif strategy == 1:
+                out[i, j] = x[r3, j] + d
+            else:
+                out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
+        else:
+            out[i, j] = x[i, j]
+
+
 @jit
 def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
     """Trial vectors into out: component j of row i is the mutant's where raw[i, j] <
     threshold or j == forced[i], else x's. Mutant: 0 best1 best + F (x_r1 − x_r2), 1 rand1
     x_r3 + F (x_r1 − x_r2), 2 current_to_best1 x + F (best − x) + F (x_r1 − x_r2);
     picks (3, S): r1, r2, r3."""
-    S, P = x.shape
-    for i in range(S):
-        r1, r2, r3 = picks[0, i], picks[1, i], picks[2, i]
-        for j in range(P):
-            if raw[i, j] < threshold or j == forced[i]:
-                d = F * (x[r1, j] - x[r2, j])
-                if strategy == 0:
-                    out[i, j] = best[j] + d
-                elif strategy == 1:
-                    out[i, j] = x[r3, j] + d
-                else:
-                    out[i, j] = x[i, j] + F * (best[j] - x[i, j]) + d
-            else:
-                out[i, j] = x[i, j]
+    for i in range(x.shape[0]):
+        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, out)
 
 
 @jit
-def de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
-    """A DE generation after its trials' evaluation ft, as one call: keep_best (a trial no worse
-    than its member replaces it; returns whether the population's best improved), then
-    de_trial: the next generation's trials into trials."""
-    improved = keep_best(trials, ft, x, f, True, best, best_f)
+def de_prepare(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
+    """The generation's trials (de_trial) from its draws picks, raw, forced."""
     de_trial(x, best, picks, raw, forced, F, threshold, strategy, trials)
-    return improved
 
 
 @jit
-def de_generation(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets, width):
-    """A whole DE generation in one call: ft ← fpdsl.fused's loss of every trial, then de_step."""
-    losses_serial(trials, data, targets, width, ft)
-    return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
+def de_step(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft):
+    """After the trials' evaluation ft: keep_best (a trial no worse than its member replaces
+    it); returns whether the population's best improved."""
+    return keep_best(trials, ft, x, f, True, best, best_f)
 
 
-@jit  # its parts are parallel
-def de_generation_parallel(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, data, targets,
+@jit
+def de_generation(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft, data, targets, width):
+    """A whole DE generation in one call: each trial made, then its loss into ft, then de_step."""
+    step = 1 if targets.shape[0] > 1 else 0
+    for i in range(x.shape[0]):
+        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
+        ft[i] = member(trials[i], data, targets[i * step], width)
+    return de_step(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft)
+
+
+@pjit
+def de_generation_parallel(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft, data, targets,
                            width):
-    """de_generation with the trials' evaluation split over threads (the same numbers; the step
-    itself on one thread: each trial reads three other rows, and split over threads the step
-    cost more than it saved at width 50 × 50 members)."""
-    losses_parallel(trials, data, targets, width, ft)
-    return de_step(trials, ft, x, f, best, best_f, picks, raw, forced, F, threshold, strategy)
+    """de_generation with the trials split over threads (the same numbers; each reads x, which
+    only the step after the loop changes)."""
+    step = 1 if targets.shape[0] > 1 else 0
+    for s in numba.prange(x.shape[0]):
+        i = np.intp(s)
+        _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
+        ft[i] = member(trials[i], data, targets[i * step], width)
+    return de_step(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft)
 
 
 @numba.njit(inline="always")
@@ -336,29 +337,42 @@ def snes_sample(mu, sigma, d, half, x):
         _snes_row(i, mu, sigma, d, half, x)
 
 
-@jit
-def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
-    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²), with z as in
-    snes_sample and u = weights (by member): each row of d read once, with the weights of its
-    pair (z_k = −d_i for the mirrored member k = i, so it adds −u_k to d_i's step and u_k to
-    its d_i² term)."""
-    n, P = d.shape
+@numba.njit(inline="always")
+def _snes_coefficients(weights, half):
+    """Each drawn row's weight in μ's step (c) and in σ's (e): z_k = −d_i for the mirrored
+    member k = i adds −u_k to d_i's weight in μ's step and u_k to its weight in σ's."""
     c = weights[half:].astype(np.float64)
     e = c.copy()
     for i in range(half):
         c[i] -= weights[i]
         e[i] += weights[i]
-    g_mu = np.zeros(P)
-    g_sigma = np.zeros(P)
-    for i in range(n):
+    return c, e
+
+
+@numba.njit(inline="always")
+def _snes_move(mu, sigma, d, c, e, lr_mean, lr_sigma, lo, hi):
+    """Components [lo, hi) of snes_update's move (each component's sums in the rows' order,
+    so a split over components gives the same numbers)."""
+    g_mu = np.zeros(hi - lo)
+    g_sigma = np.zeros(hi - lo)
+    for i in range(d.shape[0]):
         ci, ei = c[i], e[i]
-        for j in range(P):
+        for j in range(lo, hi):
             v = d[i, j]
-            g_mu[j] += ci * v
-            g_sigma[j] += ei * v * v
-    for j in range(P):
-        mu[j] += lr_mean * sigma[j] * g_mu[j]
-        sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j])
+            g_mu[j - lo] += ci * v
+            g_sigma[j - lo] += ei * v * v
+    for j in range(lo, hi):
+        mu[j] += lr_mean * sigma[j] * g_mu[j - lo]
+        sigma[j] *= math.exp(lr_sigma / 2 * g_sigma[j - lo])
+
+
+@jit
+def snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma):
+    """mu ← mu + lr_mean σ ∘ Σ_k u_k z_k; σ ← σ ∘ exp(lr_sigma/2 · Σ_k u_k z_k²), with z as in
+    snes_sample and u = weights (by member): each row of d read once, with the weights of its
+    pair."""
+    c, e = _snes_coefficients(weights, half)
+    _snes_move(mu, sigma, d, c, e, lr_mean, lr_sigma, 0, mu.size)
 
 
 @numba.njit(inline="always")
@@ -377,40 +391,78 @@ def _snes_rank(f, util, weights, best, best_f, x):
 
 
 @jit
-def snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
-    """An SNES generation after its evaluation f, as one call: _snes_rank; snes_update from the
-    generation's directions d; then the next generation: d_next ← normals from state, and
-    snes_sample from them into x. Returns whether the best improved."""
+def snes_prepare(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
+    """The generation's members from its directions d (snes_sample)."""
+    snes_sample(mu, sigma, d, half, x)
+
+
+@pjit
+def snes_prepare_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
+    """snes_prepare with the members split over threads (the same numbers)."""
+    for i in numba.prange(x.shape[0]):
+        _snes_row(i, mu, sigma, d, half, x)
+
+
+@jit
+def snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f):
+    """After the evaluation f: _snes_rank; snes_update from the generation's directions d; the
+    next generation's directions d_next ← normals from state. Returns whether the best improved."""
     improved = _snes_rank(f, util, weights, best, best_f, x)
     snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma)
     normals(state, d_next.reshape(d_next.size))
-    snes_sample(mu, sigma, d_next, half, x)
     return improved
 
 
 @pjit
-def snes_step_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
-    """snes_step with the normals (in blocks of pairs) and the sample (by rows) split over
-    threads, the same numbers (the update of μ and σ, a few µs, stays on one thread)."""
+def snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f):
+    """snes_step with the move of μ and σ (by components) and the normals (by blocks of pairs)
+    split over threads in one parallel loop, the same numbers: SplitMix64's state only adds γ,
+    so block b starts from state + (its first word) γ, and each block is normals' two vector
+    passes."""
     improved = _snes_rank(f, util, weights, best, best_f, x)
-    snes_update(mu, sigma, d, half, weights, lr_mean, lr_sigma)
-    _normals_split(state, d_next.reshape(d_next.size), SPLIT)
-    for i in numba.prange(x.shape[0]):
-        _snes_row(i, mu, sigma, d_next, half, x)
+    c, e = _snes_coefficients(weights, half)
+    out = d_next.reshape(d_next.size)
+    n, P, s0 = out.size, mu.size, state[0]
+    m = n // 2
+    size, cols = -(-m // SPLIT), -(-P // SPLIT)
+    for b in numba.prange(SPLIT):
+        lo, hi = min(m, b * size), min(m, (b + 1) * size)
+        words = np.empty(hi - lo, np.uint64)
+        splitmix64(words, np.array([s0 + np.uint64(lo) * GAMMA]))
+        w = words.view(np.uint32)
+        cos, sin = out[lo:hi], out[m + lo : m + hi]
+        for k in range(hi - lo):
+            c_k, s_k = _box_muller(w[2 * k], w[2 * k + 1])
+            cos[k] = c_k
+            sin[k] = s_k
+        _snes_move(mu, sigma, d, c, e, lr_mean, lr_sigma, min(P, b * cols), min(P, (b + 1) * cols))
+    if n & 1:
+        word = np.empty(1, np.uint64)
+        splitmix64(word, np.array([s0 + np.uint64(m) * GAMMA]))
+        w = word.view(np.uint32)
+        out[n - 1] = _box_muller(w[0], w[1])[0]
+    state[0] = s0 + np.uint64(m + (n & 1)) * GAMMA
     return improved
 
 
 @jit
-def snes_generation(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, data,
+def snes_generation(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f, data,
                     targets, width):
-    """A whole SNES generation in one call: f ← fpdsl.fused's loss of every member, then snes_step."""
-    losses_serial(x, data, targets, width, f)
-    return snes_step(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state)
+    """A whole SNES generation in one call: each member sampled, then its loss into f, then snes_step."""
+    step = 1 if targets.shape[0] > 1 else 0
+    for i in range(x.shape[0]):
+        _snes_row(i, mu, sigma, d, half, x)
+        f[i] = member(x[i], data, targets[i * step], width)
+    return snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f)
 
 
-@jit  # its parts are parallel
-def snes_generation_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state,
+@pjit
+def snes_generation_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f,
                              data, targets, width):
-    """snes_generation split over threads (the same numbers)."""
-    losses_parallel(x, data, targets, width, f)
-    return snes_step_parallel(mu, sigma, d, half, f, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state)
+    """snes_generation split over threads (the same numbers): the members, then the step."""
+    step = 1 if targets.shape[0] > 1 else 0
+    for s in numba.prange(x.shape[0]):
+        i = np.intp(s)
+        _snes_row(i, mu, sigma, d, half, x)
+        f[i] = member(x[i], data, targets[i * step], width)
+    return snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f)

@@ -114,7 +114,7 @@ def _fused(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _step(name: str):
+def _kernel(name: str):
     """The compiled kernels.<name>, or its twin split over torch's threads (kernels.<name>_parallel,
     the same numbers) where there is one and fpdsl.fused.parallel allows."""
     from fpdsl.fused import parallel
@@ -129,7 +129,7 @@ class _Population:
 
     def __init__(self, objective, budget, on_step, alone=False):
         self.objective, self.on_step, self.alone = objective, on_step, alone
-        self.kernels = None  # [the engine's compiled step, its whole generation: False none, None not known yet]
+        self.kernels = None  # the engine's compiled [prepare, step, whole generation: False none, None not known yet]
         self.left = budget.max_evals  # evaluations this run may still spend (None: no limit)
         self.best_x, self.best_f = objective.theta0.clone(), math.inf
         self.step = 0
@@ -157,23 +157,26 @@ class _Population:
                 self.left -= S
         return f.nan_to_num_(nan=math.inf) if nan_as_inf else f
 
-    def generation(self, engine: str, x, before: tuple, after: tuple, f: np.ndarray):
-        """One CPU generation as a generator step (`yield from`): its evaluation, then the
-        engine's compiled step kernels.<engine>_step(*before, losses, *after); returns whether
-        the best improved. A run evaluated by its own objective (`alone`; a batched group's
-        member is evaluated with the others) on fpdsl.fused's loss evaluates inside the
-        compiled call instead (kernels.<engine>_generation, the losses into f), while the
-        budget holds a whole generation."""
+    def generation(self, engine: str, x, state: tuple, f: np.ndarray):
+        """One CPU generation as a generator step (`yield from`): the engine's compiled
+        kernels.<engine>_prepare(*state) makes the members into x, then their evaluation, then
+        kernels.<engine>_step(*state, losses); returns whether the best improved. A run
+        evaluated by its own objective (`alone`; a batched group's member is evaluated with
+        the others) on fpdsl.fused's loss does all three in one compiled call instead
+        (kernels.<engine>_generation, the losses into f), while the budget holds a whole
+        generation."""
         if self.kernels is None:
-            self.kernels = [_step(engine + "_step"), None if self.alone else False]
-        step, whole = self.kernels
+            self.kernels = [_kernel(engine + "_prepare"), _kernel(engine + "_step"), None if self.alone else False]
+        prepare, step, whole = self.kernels
         o = self.objective
         if whole is None and o.variant is not None:  # the first evaluation chose the objective's variant
-            whole = self.kernels[1] = o.variant.fused and (_step(engine + "_generation"), (*o._fused_data, o.shapes[0][0]))
-        if whole and self.take(len(x)):
-            return whole[0](*before, f, *after, *whole[1])
+            whole = self.kernels[2] = o.variant.fused and (
+                _kernel(engine + "_generation"), (*o._fused_data, o.shapes[0][0]), x.shape[0])
+        if whole and self.take(whole[2]):
+            return whole[0](*state, f, *whole[1])
+        prepare(*state)
         losses = yield from self.evaluate(x, nan_as_inf=False)
-        return step(*before, losses.numpy(), *after)
+        return step(*state, losses.numpy())
 
     def take(self, S: int) -> bool:
         """Count a generation of S evaluated inside a compiled step, if the budget holds all of
@@ -256,24 +259,16 @@ class PSO:
         return pop.best_x
 
     def _kernel_loop(self, pop, rand, x, v, pbest, pf):
-        """The same generations on CPU with one compiled call each (kernels.pso_step): it keeps
-        the members' and the swarm's best and moves the swarm for the next generation, before
-        the generation is reported (when the run then stops, that move is not used). With
-        pop.generation, the evaluation may be in the same call (kernels.pso_generation)."""
-        from fpdsl.optim import kernels
-
+        """The same generations on CPU with one compiled call each (pop.generation: move the
+        swarm, evaluate it, keep the members' and the swarm's best)."""
         xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
         (bn, best_f), draws = pop.best_arrays(), rand.raw16((2, *x.shape))
         coefficients = (self.w, self.c1, self.c2, self.vmax or 0.0)
-        if pop.report():
-            return pop.best_x
-        kernels.pso_move(xn, vn, pn, bn, next(draws), *coefficients)
         f = np.empty_like(pfn)
-        while True:
-            if (yield from pop.generation("pso", x, (xn, vn, pn, pfn), (bn, best_f, next(draws), *coefficients), f)):
+        while not pop.report():
+            if (yield from pop.generation("pso", x, (xn, vn, pn, pfn, bn, best_f, next(draws), *coefficients), f)):
                 pop.took_best()
-            if pop.report():
-                return pop.best_x
+        return pop.best_x
 
     def _torch(self, pop, rand, x, v, pbest, pf):
         diff = torch.empty_like(x)
@@ -341,26 +336,18 @@ class DE:
         return pop.best_x
 
     def _kernel_loop(self, pop, rand, x, f):
-        """The same generations on CPU with one compiled call each (kernels.de_step): it keeps
-        the trials that are no worse and the population's best, and makes the next
-        generation's trials, before the generation is reported. With pop.generation, the
-        trials' evaluation may be in the same call (kernels.de_generation)."""
-        from fpdsl.optim import kernels
-
+        """The same generations on CPU with one compiled call each (pop.generation: make the
+        trials, evaluate them, keep those no worse and the population's best)."""
         trials = torch.empty_like(x)
         xn, fn, tn = x.numpy(), f.numpy(), trials.numpy()
         (bn, best_f), draws = pop.best_arrays(), rand.de_draws(*x.shape)
         # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
         rule = (xn.dtype.type(self.F), math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy))
-        if pop.report():
-            return pop.best_x
-        kernels.de_trial(xn, bn, *next(draws), *rule, tn)
         ft = np.empty_like(fn)
-        while True:
-            if (yield from pop.generation("de", trials, (tn,), (xn, fn, bn, best_f, *next(draws), *rule), ft)):
+        while not pop.report():
+            if (yield from pop.generation("de", trials, (tn, xn, fn, bn, best_f, *next(draws), *rule), ft)):
                 pop.took_best()
-            if pop.report():
-                return pop.best_x
+        return pop.best_x
 
     def _torch(self, pop, rand, x, f):
         S, P = x.shape
@@ -451,21 +438,17 @@ class SNES:
         return (yield from loop(pop, rand, mu, sigma, half, x, util, lr_sigma))
 
     def _kernel_loop(self, pop, rand, mu, sigma, half, x, util, lr_sigma):
-        """The generations on CPU with one compiled call each after the first sample
-        (kernels.snes_step: rank, keep the best, move μ and σ, draw and sample the next
-        generation), before the generation is reported (when the run then stops, that sample
-        is not used). A NaN loss ranks last and is never the best. With pop.generation, from
-        the second generation on, the evaluation may be in the same call (kernels.snes_generation)."""
-        from fpdsl.optim import kernels
-
+        """The generations on CPU with one compiled call each (pop.generation: sample, evaluate,
+        rank, keep the best, move μ and σ, draw the next directions). A NaN loss ranks last
+        and is never the best."""
         d = x.new_empty((2, len(x) - half, x.shape[1]))  # this generation's drawn rows, the next's
         mun, sn, xn, un, dn = mu.numpy(), sigma.numpy(), x.numpy(), util.numpy(), d.numpy()
         weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
-        kernels.snes_sample(mun, sn, rand.normal_(d[0]).numpy(), half, xn)
+        rand.normal_(d[0])
         f = np.empty_like(un)
         for k in itertools.cycle((0, 1)):
-            rule = (un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state)
-            if (yield from pop.generation("snes", x, (mun, sn, dn[k], half), rule, f)):
+            state = (mun, sn, dn[k], half, un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state)
+            if (yield from pop.generation("snes", x, state, f)):
                 pop.took_best()
             if pop.report():
                 return pop.best_x
