@@ -425,37 +425,32 @@ def test_a_generation_evaluated_inside_the_compiled_step_is_the_same_generation(
 
 
 class SameDraws(population._Random):
-    """The engines' random source with its uniforms and indices served in order from fixed
-    pools, so both update paths see the same numbers: raw16 and uniform (raw·2⁻¹⁶) share
-    one pool, randint one per range (de_draws draws from them as the torch path does).
-    Normals stay the engine's own (kernels.normals on CPU), seeded as in a run."""
+    """The engines' random source with the torch path's uniforms and indices drawn as the
+    kernels draw theirs (SplitMix64 from the same state, in the same order), so both update
+    paths see the same numbers: PSO's (2, S, P) uniforms a generation as kernels.splitmix64
+    fills them, DE's rows, components and forced components from one kernels.de_draws call a
+    generation (`rows` stands in for population._distinct_others). Normals are the engine's
+    own (kernels.normals on CPU) in both paths."""
 
-    def __init__(self, device, seed=None):
-        super().__init__(device, seed)
-        rng = np.random.default_rng(0)
-        self.pools = {"raw": iter(rng.integers(0, 2**16, 1 << 20, dtype=np.uint16))}
-        self.rng = rng
-
-    def take(self, key, shape, make):
-        if key not in self.pools:
-            self.pools[key] = iter(make())
-        return np.fromiter(self.pools[key], dtype=np.int64, count=math.prod(shape)).reshape(shape)
+    P = None  # the run's parameter count (DE's draws need it before the torch path names it)
 
     def uniform(self, shape, dtype):
-        return torch.from_numpy(self.take("raw", shape, None) * 2.0**-16).to(dtype)
-
-    def raw16(self, shape):
-        while True:
-            yield self.take("raw", shape, None).astype(np.uint16)
+        if getattr(self, "pending", None):  # DE: this generation's components, drawn with its rows
+            raw = self.pending.pop("raw")
+        else:
+            _, words, raw = self.raw16(shape)
+            kernels.splitmix64(words, self.state)
+        return torch.from_numpy(raw * 2.0**-16).to(dtype)
 
     def randint(self, low, high, size):
-        return torch.from_numpy(self.take((low, high), size, lambda: self.rng.integers(low, high, 1 << 16)))
+        return torch.from_numpy(self.pending.pop("forced")).view(size)  # DE's forced components
 
-    def de_draws(self, S, P):
-        """DE's numbers as the torch path draws them."""
-        picks, raw = population._distinct_others(self, S), self.raw16((S, P))
+    def rows(self, S):
+        _, words, picks, raw, forced = self.de_draws(S, self.P)
         while True:
-            yield next(picks).numpy(), next(raw), self.randint(0, P, (S,)).numpy()
+            kernels.de_draws(self.state, words, picks, forced, self.P)
+            self.pending = {"raw": raw.copy(), "forced": forced.copy()}
+            yield torch.from_numpy(picks.copy())
 
 
 ALL_ENGINES = {**ENGINES, **{f"de_{s}": (lambda s=s: DE(popsize=10, strategy=s)) for s in DE.STRATEGIES[1:]},
@@ -466,12 +461,14 @@ ALL_ENGINES = {**ENGINES, **{f"de_{s}": (lambda s=s: DE(popsize=10, strategy=s))
 def test_both_update_paths_make_the_same_run_from_the_same_random_numbers(engine, monkeypatch):
     """The torch calls (the GPU path) and the kernels (CPU) generation by generation, in float64."""
     monkeypatch.setattr(population, "_Random", SameDraws)
+    monkeypatch.setattr(population, "_distinct_others", lambda rand, S: rand.rows(S))
     runs = []
     for fused in (True, False):
         monkeypatch.setattr(population, "_fused", lambda device, fused=fused: fused)
         torch.manual_seed(3)
         x = np.linspace(-np.pi, np.pi, 41)[:, None]
         obj = Objective(MLP(1, 1, width=8), x, np.sin(x), MSE(), dtype=torch.float64)
+        monkeypatch.setattr(SameDraws, "P", obj.n_params)
         calls, on_step = recorder(max_steps=30)
         runs.append((ALL_ENGINES[engine]().run(obj, Budget(30, None), on_step), [c[2] for c in calls]))
     (best_k, losses_k), (best_t, losses_t) = runs
@@ -571,42 +568,45 @@ def test_parallel_kernels_make_the_same_numbers_as_the_one_thread_kernels(engine
     from fpdsl import fused
 
     assert fused.parallel(2)
-    rng = np.random.default_rng(5)
     S, P, half, width = 37, 22, 18, 7
-    x = rng.standard_normal((S, P)).astype(np.float32)
-    best, best_f, raw = x[0].copy(), np.array([0.5]), rng.integers(0, 2**16, (2, S, P), dtype=np.uint16)
-    if engine == "pso":
-        state = [x, np.zeros_like(x) + 0.1, x + 0.5, rng.random(S).astype(np.float32), best, best_f, raw, 0.7, 1.4,
-                 1.6, 0.3]
-    elif engine == "de":
-        picks = np.stack([np.roll(np.arange(S), k) for k in (1, 2, 3)])
-        state = [np.empty_like(x), x, rng.random(S).astype(np.float32), best, best_f, picks, raw[0],
-                 rng.integers(0, P, S), np.float32(0.5), 40000, 2]
-    else:
-        d = rng.standard_normal((2, S - half, P)).astype(np.float32)
-        state = [x[0] * 0.1, np.full(P, 0.2, np.float32), d[0], half, np.linspace(0.5, -0.5, S).astype(np.float32),
-                 np.empty(S, np.float32), best, best_f, x, 0.9, 0.2, d[1], np.array([9], np.uint64)]
-    f = rng.random(S).astype(np.float32)
-    f[4] = np.nan
-    data = (np.linspace(-1, 1, 9).astype(np.float32), rng.standard_normal((1, 9)).astype(np.float32), width)
 
-    def copies():
-        return [a.copy() if isinstance(a, np.ndarray) else a for a in (*state, f)]
+    def make():  # the same state afresh each time (the draws' arrays are views of their words)
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal((S, P)).astype(np.float32)
+        best, best_f = x[0].copy(), np.array([0.5])
+        rand = population._Random("cpu", 9)
+        if engine == "pso":
+            state = [x, np.zeros_like(x) + 0.1, x + 0.5, rng.random(S).astype(np.float32), best, best_f,
+                     *rand.raw16((2, S, P)), 0.7, 1.4, 1.6, 0.3]
+        elif engine == "de":
+            state = [np.empty_like(x), x, rng.random(S).astype(np.float32), best, best_f, *rand.de_draws(S, P),
+                     np.float32(0.5), 40000, 2]
+        else:
+            d = rng.standard_normal((2, S - half, P)).astype(np.float32)
+            state = [x[0] * 0.1, np.full(P, 0.2, np.float32), d[0], half, np.linspace(0.5, -0.5, S).astype(np.float32),
+                     np.zeros(S, np.float32), best, best_f, x, 0.9, 0.2, d[1], rand.state]
+        f = rng.random(S).astype(np.float32)
+        f[4] = np.nan
+        return state, f
 
     def same(one, two):
         return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(one, two) if isinstance(a, np.ndarray))
 
-    one, two = copies(), copies()
+    data = (np.linspace(-1, 1, 9).astype(np.float32), np.random.default_rng(6).standard_normal((1, 9)).astype(np.float32),
+            width)
+    (one, f1), (two, f2) = make(), make()
     for name in ("_prepare", "_step"):
         kernel, twin = getattr(kernels, engine + name), getattr(kernels, engine + name + "_parallel", None)
         if twin is not None:
-            assert kernel(*one[: len(state)] if name == "_prepare" else one) == twin(
-                *two[: len(state)] if name == "_prepare" else two)
-            assert same(one, two)
-    one, two = copies(), copies()
-    assert getattr(kernels, engine + "_generation")(*one, *data) == getattr(kernels, engine + "_generation_parallel")(
-        *two, *data)
-    assert same(one, two)
+            args = ((), ()) if name == "_prepare" else ((f1,), (f2,))
+            assert kernel(*one, *args[0]) == twin(*two, *args[1])
+            assert same(one, two) and same([f1], [f2])
+    (one, f1), (two, f2) = make(), make()
+    assert getattr(kernels, engine + "_generation")(*one, f1, *data) == getattr(
+        kernels, engine + "_generation_parallel")(*two, f2, *data)
+    assert same(one, two) and same([f1], [f2])
+    members = {"pso": 0, "de": 0, "snes": 8}[engine]  # x, DE's trials
+    assert not np.array_equal(one[members], make()[0][members])  # the generation made new members
 
 
 def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
@@ -621,12 +621,16 @@ def test_splitmix64_gives_the_reference_numbers_and_continues_from_its_state():
 
 def test_de_draws_kernel_gives_distinct_other_rows_and_uniform_numbers():
     S, P, gens = 6, 5, 4000
-    draws = population._Random("cpu", 1).de_draws(S, P)
+    def draws(seed):
+        state, words, p, r, fo = population._Random("cpu", seed).de_draws(S, P)
+        while True:
+            kernels.de_draws(state, words, p, fo, P)
+            yield p, r, fo
+
     picks = np.empty((gens, 3, S), np.int64)
     forced = np.empty((gens, S), np.int64)
     raw = np.empty((gens, S, P), np.int64)
-    for g in range(gens):
-        p, r, fo = next(draws)
+    for g, (p, r, fo) in zip(range(gens), draws(1)):
         picks[g], raw[g], forced[g] = p, r, fo
     rows = np.arange(S)
     assert ((picks >= 0) & (picks < S)).all()
@@ -642,7 +646,7 @@ def test_de_draws_kernel_gives_distinct_other_rows_and_uniform_numbers():
     assert counts.size == P and np.abs(counts - gens * S / P).max() < 5 * np.sqrt(gens * S / P)
     assert abs(raw.mean() / 2**16 - 0.5) < 0.005 and raw.min() >= 0 and raw.max() < 2**16
     assert len({p.tobytes() for p in picks}) > gens // 2  # every generation its own draw
-    first = next(population._Random("cpu", 1).de_draws(S, P))  # the seed fixes them
+    first = next(draws(1))  # the seed fixes them
     assert np.array_equal(first[0], picks[0]) and np.array_equal(first[1], raw[0]) and np.array_equal(first[2], forced[0])
 
 

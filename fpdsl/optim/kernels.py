@@ -186,44 +186,51 @@ def keep_best(x, f, keep, fkeep, ties, best, best_f):
 
 
 @jit
-def pso_prepare(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax):
-    """The generation's moves (pso_move), raw (2, S, P) its draws."""
+def pso_prepare(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax):
+    """The generation's draws (raw (2, S, P), a view of words, from SplitMix64 at rstate[0])
+    and its moves (pso_move)."""
+    splitmix64(words, rstate)
     pso_move(x, v, pbest, best, raw, w, c1, c2, vmax)
 
 
 @pjit
-def pso_prepare_parallel(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax):
-    """pso_prepare with the members split over threads (the same numbers)."""
+def pso_prepare_parallel(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax):
+    """pso_prepare with the moves split over threads (the same numbers)."""
+    splitmix64(words, rstate)
     for i in numba.prange(x.shape[0]):
         _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
 
 
 @jit
-def pso_step(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f):
+def pso_step(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f):
     """After the evaluation f: keep_best (each member's best and the swarm's); returns
     whether the swarm's improved."""
     return keep_best(x, f, pbest, pf, False, best, best_f)
 
 
 @jit
-def pso_generation(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f, data, targets, width):
-    """A whole PSO generation in one call: each member moved, then its loss into f, then pso_step."""
+def pso_generation(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f, data, targets, width):
+    """A whole PSO generation in one call: the draws, each member moved, then its loss into f,
+    then pso_step."""
+    splitmix64(words, rstate)
     step = 1 if targets.shape[0] > 1 else 0  # one target per member, or one for all
     for i in range(x.shape[0]):
         _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
         f[i] = member(x[i], data, targets[i * step], width)
-    return pso_step(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f)
+    return pso_step(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f)
 
 
 @pjit
-def pso_generation_parallel(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f, data, targets, width):
+def pso_generation_parallel(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f, data, targets,
+                            width):
     """pso_generation with the members split over threads (the same numbers)."""
+    splitmix64(words, rstate)
     step = 1 if targets.shape[0] > 1 else 0
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
         _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
         f[i] = member(x[i], data, targets[i * step], width)
-    return pso_step(x, v, pbest, pf, best, best_f, raw, w, c1, c2, vmax, f)
+    return pso_step(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f)
 
 
 @numba.njit(inline="always")
@@ -284,39 +291,44 @@ def de_trial(x, best, picks, raw, forced, F, threshold, strategy, out):
 
 
 @jit
-def de_prepare(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy):
-    """The generation's trials (de_trial) from its draws picks, raw, forced."""
+def de_prepare(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy):
+    """The generation's draws (de_draws from SplitMix64 at rstate[0]) and its trials (de_trial)."""
+    de_draws(rstate, words, picks, forced, x.shape[1])
     de_trial(x, best, picks, raw, forced, F, threshold, strategy, trials)
 
 
 @jit
-def de_step(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft):
+def de_step(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft):
     """After the trials' evaluation ft: keep_best (a trial no worse than its member replaces
     it); returns whether the population's best improved."""
     return keep_best(trials, ft, x, f, True, best, best_f)
 
 
 @jit
-def de_generation(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft, data, targets, width):
-    """A whole DE generation in one call: each trial made, then its loss into ft, then de_step."""
+def de_generation(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft, data,
+                  targets, width):
+    """A whole DE generation in one call: the draws, each trial made, then its loss into ft,
+    then de_step."""
+    de_draws(rstate, words, picks, forced, x.shape[1])
     step = 1 if targets.shape[0] > 1 else 0
     for i in range(x.shape[0]):
         _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
         ft[i] = member(trials[i], data, targets[i * step], width)
-    return de_step(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft)
+    return de_step(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft)
 
 
 @pjit
-def de_generation_parallel(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft, data, targets,
-                           width):
+def de_generation_parallel(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft,
+                           data, targets, width):
     """de_generation with the trials split over threads (the same numbers; each reads x, which
     only the step after the loop changes)."""
+    de_draws(rstate, words, picks, forced, x.shape[1])
     step = 1 if targets.shape[0] > 1 else 0
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
         _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
         ft[i] = member(trials[i], data, targets[i * step], width)
-    return de_step(trials, x, f, best, best_f, picks, raw, forced, F, threshold, strategy, ft)
+    return de_step(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft)
 
 
 @numba.njit(inline="always")

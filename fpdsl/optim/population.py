@@ -29,8 +29,7 @@ class _Random:
     """The engines' random numbers, seeded from torch's seed (the run's `seed`).
 
     On CPU the kernels' uniform integers come from SplitMix64 (fpdsl.optim.kernels), 16
-    bits a number, written for each generation into one buffer just before the kernel
-    reads it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
+    bits a number, written for each generation into one buffer by the kernel that reads it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
     number, and its blocks were out of cache by the time a kernel read them (torch's CPU
     generator, a serial mt19937, is slower still). Normals (kernels.normals) and DE's random
     rows and components (kernels.de_draws) come from the same stream; on GPU every draw is
@@ -70,31 +69,24 @@ class _Random:
         """How many generations of `shape` one block covers."""
         return max(1, min(self.GENERATIONS, self.BLOCK // max(math.prod(shape), 1)))
 
-    def raw16(self, shape: tuple):
-        """Endless per-generation numpy uint16 arrays of `shape`, uniform in [0, 2¹⁶) (CPU). It is
-        one array refilled at each next(): use it before asking for the next."""
-        from fpdsl.optim import kernels
-
+    def raw16(self, shape: tuple) -> tuple:
+        """(state, words, raw) for a compiled kernel that draws a generation's uniforms itself
+        (CPU): kernels.splitmix64(words, state) refills raw, numpy uint16 of `shape` uniform
+        in [0, 2¹⁶), a view of words (drawn inside the generation's call: as a call of its own
+        a draw cost 1-2 µs more a generation at 50 × 50)."""
         n = math.prod(shape)
         words = np.empty(-(-n // 4), np.uint64)
-        out = words.view(np.uint16)[:n].reshape(shape)
-        while True:
-            kernels.splitmix64(words, self.state)
-            yield out
+        return self.state, words, words.view(np.uint16)[:n].reshape(shape)
 
-    def de_draws(self, S: int, P: int):
-        """Endless per-generation numpy arrays for DE on CPU: (picks (3, S): r1, r2, r3 of each
-        row, distinct and not the row; raw (S, P) uint16 uniforms; forced (S,) in [0, P)), all
-        from SplitMix64 in one compiled call (kernels.de_draws; torch's integers in blocks of
-        generations cost DE 4 µs a generation more at 50 × 50). Refilled at each next()."""
-        from fpdsl.optim import kernels
-
+    def de_draws(self, S: int, P: int) -> tuple:
+        """(state, words, picks, raw, forced) for DE's compiled kernels, which draw a generation's
+        numbers themselves (CPU): kernels.de_draws(state, words, picks, forced, P) refills picks
+        (3, S): r1, r2, r3 of each row, distinct and not the row; raw (S, P) uint16 uniforms, a
+        view of words; forced (S,) in [0, P) (torch's integers in blocks of generations had
+        cost DE 4 µs a generation more at 50 × 50)."""
         words = np.empty(2 * S + -(-S * P // 4), np.uint64)
         raw = words[2 * S:].view(np.uint16)[: S * P].reshape(S, P)
-        picks, forced = np.empty((3, S), np.int64), np.empty(S, np.int64)
-        while True:
-            kernels.de_draws(self.state, words, picks, forced, P)
-            yield picks, raw, forced
+        return self.state, words, np.empty((3, S), np.int64), raw, np.empty(S, np.int64)
 
 
 def drive(search, evaluate):
@@ -262,11 +254,11 @@ class PSO:
         """The same generations on CPU with one compiled call each (pop.generation: move the
         swarm, evaluate it, keep the members' and the swarm's best)."""
         xn, vn, pn, pfn = x.numpy(), v.numpy(), pbest.numpy(), pf.numpy()
-        (bn, best_f), draws = pop.best_arrays(), rand.raw16((2, *x.shape))
-        coefficients = (self.w, self.c1, self.c2, self.vmax or 0.0)
+        bn, best_f = pop.best_arrays()
+        state = (xn, vn, pn, pfn, bn, best_f, *rand.raw16((2, *x.shape)), self.w, self.c1, self.c2, self.vmax or 0.0)
         f = np.empty_like(pfn)
         while not pop.report():
-            if (yield from pop.generation("pso", x, (xn, vn, pn, pfn, bn, best_f, next(draws), *coefficients), f)):
+            if (yield from pop.generation("pso", x, state, f)):
                 pop.took_best()
         return pop.best_x
 
@@ -340,12 +332,13 @@ class DE:
         trials, evaluate them, keep those no worse and the population's best)."""
         trials = torch.empty_like(x)
         xn, fn, tn = x.numpy(), f.numpy(), trials.numpy()
-        (bn, best_f), draws = pop.best_arrays(), rand.de_draws(*x.shape)
+        bn, best_f = pop.best_arrays()
         # raw < ⌈CR·2¹⁶⌉ exactly when raw·2⁻¹⁶ < CR: the torch path's test on the same numbers
         rule = (xn.dtype.type(self.F), math.ceil(self.CR * 2**16), self.STRATEGIES.index(self.strategy))
+        state = (tn, xn, fn, bn, best_f, *rand.de_draws(*x.shape), *rule)
         ft = np.empty_like(fn)
         while not pop.report():
-            if (yield from pop.generation("de", trials, (tn, xn, fn, bn, best_f, *next(draws), *rule), ft)):
+            if (yield from pop.generation("de", trials, state, ft)):
                 pop.took_best()
         return pop.best_x
 
