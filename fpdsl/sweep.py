@@ -85,7 +85,7 @@ def compose_faster(loader) -> None:
     def load_sweep_config(master_config, sweep_overrides):
         try:
             parsed = parser.parse_overrides(list(master_config.hydra.overrides.hydra) + list(sweep_overrides))
-            shape = (id(master_config), _shape(loader, parsed))
+            shape = (_content(master_config), _shape(loader, parsed))
         except Exception:  # Hydra's own composition says what is wrong
             parsed = shape = None
         if shape in composed:
@@ -100,6 +100,16 @@ def compose_faster(loader) -> None:
 
     loader.load_sweep_config = load_sweep_config
     loader._fpdsl_fast = True
+
+
+def _content(config) -> bytes:
+    """A key for the sweep's config by its content (1 ms): a joblib worker gets the config, and
+    the launcher's composed configs, as fresh copies with every job, so a key by identity
+    never matched there and each job was composed afresh (about 0.09 s a job)."""
+    import hashlib
+    import pickle
+
+    return hashlib.sha1(pickle.dumps(config)).digest()
 
 
 def _shape(loader, parsed) -> tuple:
@@ -311,7 +321,33 @@ def fork_joblib_workers(config) -> None:
     set_start_method("fork", force=True)
     if not _FORK_HOOK:
         os.register_at_fork(after_in_child=fresh_connections)
+        os.register_at_fork(after_in_child=keep_plugins)
         _FORK_HOOK.append(True)
+
+
+def keep_plugins() -> None:
+    """In a forked child: Hydra's joblib launcher restores its singletons at every job
+    (Singleton.set_state), which scans and re-executes every hydra_plugins module, because a
+    spawned worker has no plugins yet. A forked worker has the launching process's, already
+    scanned: keep them. Re-executing the modules gave their config dataclasses new class
+    objects, so the job's result, whose config names the old ones, went back to the launching
+    process pickled by value, and cloudpickle's search of every loaded module for them took
+    0.15 s at each worker's first job."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    if getattr(Singleton.set_state, "_fpdsl_keeps_plugins", False):
+        return
+    restore = Singleton.set_state
+
+    def set_state(state) -> None:
+        plugins = Singleton._instances.get(Plugins)
+        if plugins is not None and Plugins not in state["instances"]:
+            state = {**state, "instances": {**state["instances"], Plugins: plugins}}
+        restore(state)
+
+    set_state._fpdsl_keeps_plugins = True
+    Singleton.set_state = staticmethod(set_state)
 
 
 def freeze_start_up() -> None:

@@ -1,6 +1,7 @@
 """Sweeps that survive: Ctrl-C ends the parent and every child KILLED with their metrics, and
 the same command with the same hydra.sweep.dir resumes the sweep under the same parent."""
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -146,5 +147,34 @@ def test_jobs_that_differ_in_plain_values_get_the_config_hydra_composes():
         for job, want in zip(jobs, expected):
             cfg = loader.load_sweep_config(master, job)  # the launcher takes the validated one
             assert OmegaConf.to_yaml(cfg) == want and cfg.seed == int(job[0][5:])
-    assert composed == [jobs[0], jobs[3], jobs[4]]  # composed by Hydra; the rest derived
+        copy = pickle.loads(pickle.dumps(master))  # the sweep's config as a joblib worker gets it with a job
+        job = ["seed=5", "optimizer.lr=0.3"]
+        assert OmegaConf.to_yaml(loader.load_sweep_config(copy, job)) == OmegaConf.to_yaml(compose(master, job))
+    assert composed == [jobs[0], jobs[3], jobs[4]]  # composed by Hydra; the rest derived, the copy's job too
     GlobalHydra.instance().clear()
+
+
+def test_a_forked_joblib_worker_keeps_the_launching_process_plugins():
+    """Hydra's joblib launcher restores its singletons at every job, which scans the plugins
+    again (their config dataclasses get new classes, and the job's result then went back
+    pickled by value, 0.15 s a worker); a worker fpdsl forks keeps the plugins it inherited."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    from fpdsl.sweep import keep_plugins
+
+    plugins = Plugins.instance()
+    state = Singleton.get_state()
+    assert Plugins not in state["instances"]  # what the launcher sends with each job
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        try:
+            keep_plugins()
+            Singleton.set_state(state)
+            os.write(write, bytes([Plugins.instance() is plugins]))
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"\x01"
+    os.waitpid(pid, 0)
