@@ -29,7 +29,8 @@ class _Random:
     """The engines' random numbers, seeded from torch's seed (the run's `seed`).
 
     On CPU the kernels' uniform integers come from SplitMix64 (fpdsl.optim.kernels), 16
-    bits a number, written for each generation into one buffer by the kernel that reads it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
+    bits a number, written for each generation into one buffer by the kernel that reads
+    it: numpy's SFC64 drawing blocks of several generations cost 3-4× as much per
     number, and its blocks were out of cache by the time a kernel read them (torch's CPU
     generator, a serial mt19937, is slower still). Normals (kernels.normals) and DE's random
     rows and components (kernels.de_draws) come from the same stream; on GPU every draw is
