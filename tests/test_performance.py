@@ -592,7 +592,7 @@ def test_parallel_kernels_make_the_same_numbers_as_the_one_thread_kernels(engine
     def same(one, two):
         return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(one, two) if isinstance(a, np.ndarray))
 
-    data = (np.linspace(-1, 1, 9).astype(np.float32), np.random.default_rng(6).standard_normal((1, 9)).astype(np.float32),
+    data = (np.linspace(-1, 1, 9).astype(np.float32), np.random.default_rng(6).standard_normal(9).astype(np.float32),
             width)
     (one, f1), (two, f2) = make(), make()
     for name in ("_prepare", "_step"):

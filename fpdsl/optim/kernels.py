@@ -180,8 +180,8 @@ def keep_best(x, f, keep, fkeep, ties, best, best_f):
 
 # An engine's kernels below take its state as one argument list, each using what it needs
 # of it: <engine>_prepare(*state) makes a generation's members, <engine>_step(*state, f)
-# takes their losses f, <engine>_generation(*state, f, data, targets, width) does both
-# around fpdsl.fused's loss, member by member (prepare row i, then its loss, on the same
+# takes their losses f, <engine>_generation(*state, f, data, target, width) does both
+# around fpdsl.fused's loss (data (n,), target (n,): a run of its own), member by member (prepare row i, then its loss, on the same
 # thread: the row is still in that core's cache, and a generation is one parallel loop).
 
 
@@ -209,27 +209,25 @@ def pso_step(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax,
 
 
 @jit
-def pso_generation(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f, data, targets, width):
+def pso_generation(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f, data, target, width):
     """A whole PSO generation in one call: the draws, each member moved, then its loss into f,
     then pso_step."""
     splitmix64(words, rstate)
-    step = 1 if targets.shape[0] > 1 else 0  # one target per member, or one for all
     for i in range(x.shape[0]):
         _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
-        f[i] = member(x[i], data, targets[i * step], width)
+        f[i] = member(x[i], data, target, width)
     return pso_step(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f)
 
 
 @pjit
-def pso_generation_parallel(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f, data, targets,
+def pso_generation_parallel(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f, data, target,
                             width):
     """pso_generation with the members split over threads (the same numbers)."""
     splitmix64(words, rstate)
-    step = 1 if targets.shape[0] > 1 else 0
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
         _pso_row(i, x, v, pbest, best, raw, w, c1 * UNIT, c2 * UNIT, vmax)
-        f[i] = member(x[i], data, targets[i * step], width)
+        f[i] = member(x[i], data, target, width)
     return pso_step(x, v, pbest, pf, best, best_f, rstate, words, raw, w, c1, c2, vmax, f)
 
 
@@ -306,28 +304,26 @@ def de_step(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, th
 
 @jit
 def de_generation(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft, data,
-                  targets, width):
+                  target, width):
     """A whole DE generation in one call: the draws, each trial made, then its loss into ft,
     then de_step."""
     de_draws(rstate, words, picks, forced, x.shape[1])
-    step = 1 if targets.shape[0] > 1 else 0
     for i in range(x.shape[0]):
         _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
-        ft[i] = member(trials[i], data, targets[i * step], width)
+        ft[i] = member(trials[i], data, target, width)
     return de_step(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft)
 
 
 @pjit
 def de_generation_parallel(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft,
-                           data, targets, width):
+                           data, target, width):
     """de_generation with the trials split over threads (the same numbers; each reads x, which
     only the step after the loop changes)."""
     de_draws(rstate, words, picks, forced, x.shape[1])
-    step = 1 if targets.shape[0] > 1 else 0
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
         _de_row(i, x, best, picks, raw, forced, F, threshold, strategy, trials)
-        ft[i] = member(trials[i], data, targets[i * step], width)
+        ft[i] = member(trials[i], data, target, width)
     return de_step(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft)
 
 
@@ -459,22 +455,20 @@ def snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_me
 
 @jit
 def snes_generation(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f, data,
-                    targets, width):
+                    target, width):
     """A whole SNES generation in one call: each member sampled, then its loss into f, then snes_step."""
-    step = 1 if targets.shape[0] > 1 else 0
     for i in range(x.shape[0]):
         _snes_row(i, mu, sigma, d, half, x)
-        f[i] = member(x[i], data, targets[i * step], width)
+        f[i] = member(x[i], data, target, width)
     return snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f)
 
 
 @pjit
 def snes_generation_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f,
-                             data, targets, width):
+                             data, target, width):
     """snes_generation split over threads (the same numbers): the members, then the step."""
-    step = 1 if targets.shape[0] > 1 else 0
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
         _snes_row(i, mu, sigma, d, half, x)
-        f[i] = member(x[i], data, targets[i * step], width)
+        f[i] = member(x[i], data, target, width)
     return snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f)

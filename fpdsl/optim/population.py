@@ -163,8 +163,9 @@ class _Population:
         prepare, step, whole = self.kernels
         o = self.objective
         if whole is None and o.variant is not None:  # the first evaluation chose the objective's variant
+            data, target = o._fused_data
             whole = self.kernels[2] = o.variant.fused and (
-                _kernel(engine + "_generation"), (*o._fused_data, o.shapes[0][0]), x.shape[0])
+                _kernel(engine + "_generation"), (data, target[0], o.shapes[0][0]), x.shape[0])
         if whole and self.take(whole[2]):
             return whole[0](*state, f, *whole[1])
         prepare(*state)
