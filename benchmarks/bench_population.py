@@ -21,7 +21,12 @@ gets) against every candidate variant timed back to back in interleaved rounds, 
 engine calls it; the claim is the steady rate of each pick ÷ the best candidate's.
 
 Every contender runs slices of generations in interleaved rounds (order shuffled each
-round); the claim is the median over rounds of evaluations per second. EvoX is optional:
+round); its rate is the median over rounds of evaluations per second, and an engine's
+ratio to the fastest forward is the ratio of the medians. The host's speed drifts by
+5-10 % over seconds, so each engine is also timed paired: in each of 15 rounds a
+quarter-length slice of the fastest forward, of the engine, and of the forward again, the
+engine's rate ÷ the mean of the two forwards around it; the median of those ratios (and
+its quartiles) is the "paired" ratio, the one the 0.9× target is read from. EvoX is optional:
 `pip install evox==1.4.0` (it builds on the installed torch).
 
     python benchmarks/bench_population.py [--quick] [--threads N] [--sizes 50x50,200x200,50x1000]
@@ -142,6 +147,19 @@ def interleaved(contenders: dict, rounds: int, seed: int) -> dict:
     return {k: float(np.median(v)) for k, v in rates.items()}
 
 
+def paired(engine, forward, rounds: int) -> dict:
+    """The engine's rate ÷ the forward's, each round from three adjacent slices (forward, engine,
+    forward: the engine against the mean of the two around it), so that the machine's speed,
+    which drifts over seconds on a shared host, cancels out of each ratio; the median over
+    rounds, with its quartiles and the rounds themselves."""
+    ratios = []
+    for _ in range(rounds):
+        before, rate, after = forward(), engine(), forward()
+        ratios.append(2 * rate / (before + after))
+    q25, med, q75 = np.quantile(ratios, [0.25, 0.5, 0.75])
+    return {"median": float(med), "q25": float(q25), "q75": float(q75), "rounds": ratios}
+
+
 def tuner(width, S, quick, clock) -> dict:
     """fpdsl.tuning's fresh picks against the steady rate of every candidate variant."""
     obj = objective(width)
@@ -191,15 +209,19 @@ def bench(width, S, threads, quick):
     engines = {name: objective(width) for name in ("pso", "de", "snes")}
     for name, o in engines.items():  # warm: kernels compiled, variant chosen, buffers allocated
         engine_rate(lambda: {"pso": PSO, "de": DE, "snes": SNES}[name](popsize=S), o, 3, clock)
-    contenders = {
-        "textbook": lambda: forward_rate(book, thetas, gens, clock),
-        "kernel fold": lambda: forward_rate(lambda th: fold.population_loss(th, count=False), thetas, gens, clock),
-        "kernel tanh": lambda: forward_rate(lambda th: tanh.population_loss(th, count=False), thetas, gens, clock),
-        "kernel fused": lambda: forward_rate(lambda th: fused.population_loss(th, count=False), thetas, gens, clock),
-        "pso": lambda: engine_rate(lambda: PSO(popsize=S), engines["pso"], gens, clock),
-        "de": lambda: engine_rate(lambda: DE(popsize=S), engines["de"], gens, clock),
-        "snes": lambda: engine_rate(lambda: SNES(popsize=S), engines["snes"], gens, clock),
-    }
+
+    def slices(g):  # the forwards and fpdsl's engines, g generations a slice
+        return {
+            "textbook": lambda: forward_rate(book, thetas, g, clock),
+            "kernel fold": lambda: forward_rate(lambda th: fold.population_loss(th, count=False), thetas, g, clock),
+            "kernel tanh": lambda: forward_rate(lambda th: tanh.population_loss(th, count=False), thetas, g, clock),
+            "kernel fused": lambda: forward_rate(lambda th: fused.population_loss(th, count=False), thetas, g, clock),
+            "pso": lambda: engine_rate(lambda: PSO(popsize=S), engines["pso"], g, clock),
+            "de": lambda: engine_rate(lambda: DE(popsize=S), engines["de"], g, clock),
+            "snes": lambda: engine_rate(lambda: SNES(popsize=S), engines["snes"], g, clock),
+        }
+
+    contenders = slices(gens)
     ng = objective(width)
     contenders["nevergrad pso"] = lambda: engine_rate(lambda: NevergradOptimizer("PSO", batch=S), ng,
                                                       max(2, gens // 20), clock)
@@ -209,7 +231,11 @@ def bench(width, S, threads, quick):
     fastest = med[fastest_name]
     row = {"width": width, "popsize": S, "threads": threads, "params": obj.n_params, "generations_per_slice": gens,
            "variant_chosen": chosen.name, "evals_per_s": med, "fastest_forward": fastest_name,
-           "ratio_to_fastest": {k: v / fastest for k, v in med.items()}}
+           "ratio_to_fastest": {k: v / fastest for k, v in med.items()},
+           "paired_slice_generations": max(5, gens // 4)}
+    short = slices(row["paired_slice_generations"])  # a quarter slice: adjacent slices close in time
+    row["paired_ratio_to_fastest"] = {k: paired(short[k], short[fastest_name], 5 if quick else 15)
+                                      for k in ("pso", "de", "snes")}
     row["pso_over_nevergrad"] = med["pso"] / med["nevergrad pso"]
     if "evox pso" in med:
         row["pso_over_evox"] = med["pso"] / med["evox pso"]
@@ -227,10 +253,12 @@ def run(quick: bool = False, threads: int = 2, sizes=((50, 50), (200, 200), (50,
     for w, s in sizes:
         row = bench(w, s, threads, quick)
         rows.append(row)
-        r, e = row["ratio_to_fastest"], row["evals_per_s"]
+        r, e, pr = row["ratio_to_fastest"], row["evals_per_s"], row["paired_ratio_to_fastest"]
+        paired_text = ", ".join(f"{k} {v['median']:.0%}" for k, v in pr.items())
         evox = f"; pso ÷ evox {row['pso_over_evox']:.2f} (vmap problem {row['pso_over_evox_vmap']:.2f})" if "pso_over_evox" in row else ""
         print(f"  width {w} × pop {s}: fastest forward {row['fastest_forward']} {e[row['fastest_forward']]:,.0f}/s "
-              f"(chosen {row['variant_chosen']}); of it pso {r['pso']:.0%} de {r['de']:.0%} snes {r['snes']:.0%}{evox}; "
+              f"(chosen {row['variant_chosen']}); of it pso {r['pso']:.0%} de {r['de']:.0%} snes {r['snes']:.0%} "
+              f"(paired: {paired_text}){evox}; "
               f"pso ÷ nevergrad {row['pso_over_nevergrad']:.1f}; tuner's fresh picks "
               f"{', '.join(row['tuner']['picks'])} at {min(row['tuner']['picks_over_best']):.0%} of the best variant "
               "or better", flush=True)
@@ -242,9 +270,11 @@ def table(rows) -> str:
     out = ["| width × pop | fastest forward (evals/s) | chosen variant | pso | de | snes | pso ÷ EvoX PSO | "
            "pso ÷ EvoX PSO, vmap problem | pso ÷ nevergrad PSO |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        q, e = r["ratio_to_fastest"], r["evals_per_s"]
+        q, e, pr = r["ratio_to_fastest"], r["evals_per_s"], r["paired_ratio_to_fastest"]
+        cell = {k: f"{q[k]:.0%} (paired {pr[k]['median']:.0%}, {pr[k]['q25']:.0%}–{pr[k]['q75']:.0%})"
+                for k in ("pso", "de", "snes")}
         out.append(f"| {r['width']} × {r['popsize']} | {e[r['fastest_forward']]:,.0f} ({r['fastest_forward']}) | "
-                   f"{r['variant_chosen']} | {q['pso']:.0%} | {q['de']:.0%} | {q['snes']:.0%} | "
+                   f"{r['variant_chosen']} | {cell['pso']} | {cell['de']} | {cell['snes']} | "
                    f"{r.get('pso_over_evox', float('nan')):.2f}× | {r.get('pso_over_evox_vmap', float('nan')):.2f}× | "
                    f"{r['pso_over_nevergrad']:.1f}× |")
     return "\n".join(out)

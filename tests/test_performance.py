@@ -549,7 +549,7 @@ def test_snes_kernels_are_the_textbook_steps(half):
     x_ref = x.clone()
     got_w = torch.empty_like(util)
     assert kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, util.numpy(), got_w.numpy(), best.numpy(),
-                             best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state, f.numpy())
+                             best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state, 1, f.numpy())
     torch.testing.assert_close(got_w, weights)
     assert best_f[0] == 1.0 and torch.equal(best, x_ref[1])
     torch.testing.assert_close(mu, mu_ref)
@@ -557,7 +557,7 @@ def test_snes_kernels_are_the_textbook_steps(half):
     assert torch.equal(d_next, drawn)  # the next generation's directions
     f[2] = float("nan")  # ranks last
     assert not kernels.snes_step(mu.numpy(), sigma.numpy(), d.numpy(), half, util.numpy(), got_w.numpy(),
-                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state, f.numpy())  # 1.0 is no better
+                                 best.numpy(), best_f, x.numpy(), 0.9, 0.2, d_next.numpy(), state, 1, f.numpy())  # 1.0 is no better
     assert got_w[2] == util[-1]
 
 
@@ -584,7 +584,7 @@ def test_parallel_kernels_make_the_same_numbers_as_the_one_thread_kernels(engine
         else:
             d = rng.standard_normal((2, S - half, P)).astype(np.float32)
             state = [x[0] * 0.1, np.full(P, 0.2, np.float32), d[0], half, np.linspace(0.5, -0.5, S).astype(np.float32),
-                     np.zeros(S, np.float32), best, best_f, x, 0.9, 0.2, d[1], rand.state]
+                     np.zeros(S, np.float32), best, best_f, x, 0.9, 0.2, d[1], rand.state, 3]
         f = rng.random(S).astype(np.float32)
         f[4] = np.nan
         return state, f

@@ -35,7 +35,6 @@ from fpdsl.fused import member
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)  # *_parallel: see fpdsl.fused.parallel
-SPLIT = 16  # blocks SNES's parallel step splits its normals and its move into (the threads share them out)
 UNIT = 2.0**-16
 
 
@@ -181,8 +180,9 @@ def keep_best(x, f, keep, fkeep, ties, best, best_f):
 # An engine's kernels below take its state as one argument list, each using what it needs
 # of it: <engine>_prepare(*state) makes a generation's members, <engine>_step(*state, f)
 # takes their losses f, <engine>_generation(*state, f, data, target, width) does both
-# around fpdsl.fused's loss (data (n,), target (n,): a run of its own), member by member (prepare row i, then its loss, on the same
-# thread: the row is still in that core's cache, and a generation is one parallel loop).
+# around fpdsl.fused's loss (data (n,), target (n,): a run of its own), member by member
+# (prepare row i, then its loss, on the same thread: the row is still in that core's cache,
+# and a generation is one parallel loop).
 
 
 @jit
@@ -237,6 +237,13 @@ def _below(w, n):
     return np.int64((np.uint64(w) * np.uint64(n)) >> np.uint64(32))
 
 
+@numba.njit(inline="always")
+def _wrap(t, S):
+    """t mod S for 0 ≤ t < 2S, without a division (three divisions a row: DE's draws at S = 1000,
+    151 parameters took 23 µs with them, 19 µs without)."""
+    return t - S if t >= S else t
+
+
 @jit
 def de_draws(state, words, picks, forced, P):
     """A DE generation's random numbers in one call: words (uint64) ← the next len(words)
@@ -256,9 +263,9 @@ def de_draws(state, words, picks, forced, P):
         k3 = 1 + _below(w[4 * i + 2], S - 3)
         k3 += k3 >= lo
         k3 += k3 >= hi
-        picks[0, i] = (i + k1) % S
-        picks[1, i] = (i + k2) % S
-        picks[2, i] = (i + k3) % S
+        picks[0, i] = _wrap(i + k1, S)
+        picks[1, i] = _wrap(i + k2, S)
+        picks[2, i] = _wrap(i + k3, S)
         forced[i] = _below(w[4 * i + 3], P)
 
 
@@ -318,7 +325,9 @@ def de_generation(trials, x, f, best, best_f, rstate, words, picks, raw, forced,
 def de_generation_parallel(trials, x, f, best, best_f, rstate, words, picks, raw, forced, F, threshold, strategy, ft,
                            data, target, width):
     """de_generation with the trials split over threads (the same numbers; each reads x, which
-    only the step after the loop changes)."""
+    only the step after the loop changes). The draws stay one serial call: drawn row by row on
+    the threads they cost more (short rows leave most of the vector loop's work to its scalar
+    ends)."""
     de_draws(rstate, words, picks, forced, x.shape[1])
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
@@ -399,20 +408,20 @@ def _snes_rank(f, util, weights, best, best_f, x):
 
 
 @jit
-def snes_prepare(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
+def snes_prepare(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, blocks):
     """The generation's members from its directions d (snes_sample)."""
     snes_sample(mu, sigma, d, half, x)
 
 
 @pjit
-def snes_prepare_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state):
+def snes_prepare_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, blocks):
     """snes_prepare with the members split over threads (the same numbers)."""
     for i in numba.prange(x.shape[0]):
         _snes_row(i, mu, sigma, d, half, x)
 
 
 @jit
-def snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f):
+def snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, blocks, f):
     """After the evaluation f: _snes_rank; snes_update from the generation's directions d; the
     next generation's directions d_next ← normals from state. Returns whether the best improved."""
     improved = _snes_rank(f, util, weights, best, best_f, x)
@@ -422,18 +431,18 @@ def snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_si
 
 
 @pjit
-def snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f):
+def snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, blocks, f):
     """snes_step with the move of μ and σ (by components) and the normals (by blocks of pairs)
-    split over threads in one parallel loop, the same numbers: SplitMix64's state only adds γ,
-    so block b starts from state + (its first word) γ, and each block is normals' two vector
-    passes."""
+    split into `blocks` blocks (one a thread) in one parallel loop, the same numbers whatever
+    the split: SplitMix64's state only adds γ, so block b starts from state + (its first word) γ,
+    and each block is normals' two vector passes."""
     improved = _snes_rank(f, util, weights, best, best_f, x)
     c, e = _snes_coefficients(weights, half)
     out = d_next.reshape(d_next.size)
     n, P, s0 = out.size, mu.size, state[0]
     m = n // 2
-    size, cols = -(-m // SPLIT), -(-P // SPLIT)
-    for b in numba.prange(SPLIT):
+    size, cols = -(-m // blocks), -(-P // blocks)
+    for b in numba.prange(blocks):
         lo, hi = min(m, b * size), min(m, (b + 1) * size)
         words = np.empty(hi - lo, np.uint64)
         splitmix64(words, np.array([s0 + np.uint64(lo) * GAMMA]))
@@ -454,21 +463,22 @@ def snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_me
 
 
 @jit
-def snes_generation(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f, data,
-                    target, width):
+def snes_generation(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, blocks, f,
+                    data, target, width):
     """A whole SNES generation in one call: each member sampled, then its loss into f, then snes_step."""
     for i in range(x.shape[0]):
         _snes_row(i, mu, sigma, d, half, x)
         f[i] = member(x[i], data, target, width)
-    return snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f)
+    return snes_step(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, blocks, f)
 
 
 @pjit
-def snes_generation_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f,
-                             data, target, width):
+def snes_generation_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state,
+                             blocks, f, data, target, width):
     """snes_generation split over threads (the same numbers): the members, then the step."""
     for s in numba.prange(x.shape[0]):
         i = np.intp(s)
         _snes_row(i, mu, sigma, d, half, x)
         f[i] = member(x[i], data, target, width)
-    return snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state, f)
+    return snes_step_parallel(mu, sigma, d, half, util, weights, best, best_f, x, lr_mean, lr_sigma, d_next, state,
+                              blocks, f)

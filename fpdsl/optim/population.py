@@ -441,8 +441,10 @@ class SNES:
         weights, (bn, best_f) = np.empty_like(un), pop.best_arrays()
         rand.normal_(d[0])
         f = np.empty_like(un)
+        blocks = max(1, torch.get_num_threads())  # the parallel step's split: one block a thread
         for k in itertools.cycle((0, 1)):
-            state = (mun, sn, dn[k], half, un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state)
+            state = (mun, sn, dn[k], half, un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state,
+                     blocks)
             if (yield from pop.generation("snes", x, state, f)):
                 pop.took_best()
             if pop.report():
