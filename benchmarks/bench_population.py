@@ -23,10 +23,11 @@ engine calls it; the claim is the steady rate of each pick ÷ the best candidate
 Every contender runs slices of generations in interleaved rounds (order shuffled each
 round); its rate is the median over rounds of evaluations per second, and an engine's
 ratio to the fastest forward is the ratio of the medians. The host's speed drifts by
-5-10 % over seconds, so each engine is also timed paired: in each of 15 rounds a
-quarter-length slice of the fastest forward, of the engine, and of the forward again, the
-engine's rate ÷ the mean of the two forwards around it; the median of those ratios (and
-its quartiles) is the "paired" ratio, the one the 0.9× target is read from. EvoX is optional:
+5-10 % over seconds, so each engine is also timed paired: in each of 7 more rounds a
+slice of the fastest forward, of the engine, and of the forward again, the engine's rate ÷
+the mean of the two forwards around it; the median of those ratios (and its quartiles) is
+the "paired" ratio. (Quarter-length slices would be quicker, but each slice starts a fresh
+run, whose set-up then weighs four times as much.) EvoX is optional:
 `pip install evox==1.4.0` (it builds on the installed torch).
 
     python benchmarks/bench_population.py [--quick] [--threads N] [--sizes 50x50,200x200,50x1000]
@@ -209,19 +210,15 @@ def bench(width, S, threads, quick):
     engines = {name: objective(width) for name in ("pso", "de", "snes")}
     for name, o in engines.items():  # warm: kernels compiled, variant chosen, buffers allocated
         engine_rate(lambda: {"pso": PSO, "de": DE, "snes": SNES}[name](popsize=S), o, 3, clock)
-
-    def slices(g):  # the forwards and fpdsl's engines, g generations a slice
-        return {
-            "textbook": lambda: forward_rate(book, thetas, g, clock),
-            "kernel fold": lambda: forward_rate(lambda th: fold.population_loss(th, count=False), thetas, g, clock),
-            "kernel tanh": lambda: forward_rate(lambda th: tanh.population_loss(th, count=False), thetas, g, clock),
-            "kernel fused": lambda: forward_rate(lambda th: fused.population_loss(th, count=False), thetas, g, clock),
-            "pso": lambda: engine_rate(lambda: PSO(popsize=S), engines["pso"], g, clock),
-            "de": lambda: engine_rate(lambda: DE(popsize=S), engines["de"], g, clock),
-            "snes": lambda: engine_rate(lambda: SNES(popsize=S), engines["snes"], g, clock),
-        }
-
-    contenders = slices(gens)
+    contenders = {
+        "textbook": lambda: forward_rate(book, thetas, gens, clock),
+        "kernel fold": lambda: forward_rate(lambda th: fold.population_loss(th, count=False), thetas, gens, clock),
+        "kernel tanh": lambda: forward_rate(lambda th: tanh.population_loss(th, count=False), thetas, gens, clock),
+        "kernel fused": lambda: forward_rate(lambda th: fused.population_loss(th, count=False), thetas, gens, clock),
+        "pso": lambda: engine_rate(lambda: PSO(popsize=S), engines["pso"], gens, clock),
+        "de": lambda: engine_rate(lambda: DE(popsize=S), engines["de"], gens, clock),
+        "snes": lambda: engine_rate(lambda: SNES(popsize=S), engines["snes"], gens, clock),
+    }
     ng = objective(width)
     contenders["nevergrad pso"] = lambda: engine_rate(lambda: NevergradOptimizer("PSO", batch=S), ng,
                                                       max(2, gens // 20), clock)
@@ -232,10 +229,8 @@ def bench(width, S, threads, quick):
     row = {"width": width, "popsize": S, "threads": threads, "params": obj.n_params, "generations_per_slice": gens,
            "variant_chosen": chosen.name, "evals_per_s": med, "fastest_forward": fastest_name,
            "ratio_to_fastest": {k: v / fastest for k, v in med.items()},
-           "paired_slice_generations": max(5, gens // 4)}
-    short = slices(row["paired_slice_generations"])  # a quarter slice: adjacent slices close in time
-    row["paired_ratio_to_fastest"] = {k: paired(short[k], short[fastest_name], 5 if quick else 15)
-                                      for k in ("pso", "de", "snes")}
+           "paired_ratio_to_fastest": {k: paired(contenders[k], contenders[fastest_name], 3 if quick else 7)
+                                       for k in ("pso", "de", "snes")}}
     row["pso_over_nevergrad"] = med["pso"] / med["nevergrad pso"]
     if "evox pso" in med:
         row["pso_over_evox"] = med["pso"] / med["evox pso"]
