@@ -80,16 +80,15 @@ def compose_faster(loader) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     compose, composed = loader.load_sweep_config, {}
-    keys = {}  # id of a sweep config → (that config, its content key): hashed once per config object
+    last = [None, None]  # the last sweep config seen and its content key: hashed once per config object
     parser = OverridesParser.create()
 
     def load_sweep_config(master_config, sweep_overrides):
         try:
             parsed = parser.parse_overrides(list(master_config.hydra.overrides.hydra) + list(sweep_overrides))
-            known = keys.get(id(master_config))
-            if known is None or known[0] is not master_config:
-                known = keys[id(master_config)] = (master_config, _content(master_config))
-            shape = (known[1], _shape(loader, parsed))
+            if last[0] is not master_config:  # the launcher's one config, or a worker's fresh copy a job
+                last[:] = master_config, _content(master_config)
+            shape = (last[1], _shape(loader, parsed))
         except Exception:  # Hydra's own composition says what is wrong
             parsed = shape = None
         if shape in composed:

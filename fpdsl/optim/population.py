@@ -442,9 +442,9 @@ class SNES:
         rand.normal_(d[0])
         f = np.empty_like(un)
         blocks = max(1, torch.get_num_threads())  # the parallel step's split: one block a thread
-        for k in itertools.cycle((0, 1)):
-            state = (mun, sn, dn[k], half, un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state,
-                     blocks)
+        states = [(mun, sn, dn[k], half, un, weights, bn, best_f, xn, self.lr_mean, lr_sigma, dn[1 - k], rand.state,
+                   blocks) for k in (0, 1)]  # the directions' two buffers trade places each generation
+        for state in itertools.cycle(states):
             if (yield from pop.generation("snes", x, state, f)):
                 pop.took_best()
             if pop.report():
