@@ -497,6 +497,25 @@ def test_pso_kernel_is_the_textbook_update(vmax):
     torch.testing.assert_close(x, x_ref)
 
 
+def test_pso_kernel_moves_float32_state_in_float32():
+    """A float32 run's move is float32 arithmetic (as the torch calls make it), given the
+    state's dtype scalars: bitwise numpy's float32 evaluation in the same order, which a move
+    computed in float64 and rounded to float32 is not."""
+    x, v, pbest, _, best = (t.numpy().astype(np.float32) for t in _state(S=40, P=30))
+    raw = np.random.default_rng(1).integers(0, 2**16, (2, *x.shape), dtype=np.uint16)
+    w, c1, c2 = np.float32(0.7), np.float32(1.4), np.float32(1.6)
+    a1, a2 = c1 * np.float32(2.0**-16), c2 * np.float32(2.0**-16)
+    v_ref = w * v + a1 * raw[0].astype(np.float32) * (pbest - x) + a2 * raw[1].astype(np.float32) * (best - x)
+    assert v_ref.dtype == np.float32
+    x_ref = x + v_ref
+    x64 = x + (w * v.astype(np.float64) + float(a1) * raw[0] * (pbest - x).astype(np.float64)
+               + float(a2) * raw[1] * (best - x).astype(np.float64)).astype(np.float32)
+    assert not np.array_equal(x64, x_ref)  # the two arithmetics differ on these numbers
+    kernels.pso_move(x, v, pbest, best, raw, w, c1, c2, np.float32(0.0))
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(x, x_ref)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_keep_better_kernel(ties):
     x, _, keep, _, _ = _state(S=5)

@@ -35,7 +35,8 @@ from fpdsl.fused import member
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 pjit = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)  # *_parallel: see fpdsl.fused.parallel
-UNIT = 2.0**-16
+F32 = np.float32
+UNIT = F32(2.0**-16)  # exact in float32: c · UNIT keeps c's dtype (float32 or float64), exactly c / 2¹⁶
 
 
 GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
@@ -70,9 +71,6 @@ def _bits(typingctx, v):
 def _float(typingctx, b):
     """The float32 whose bits are the int32 b."""
     return types.float32(types.int32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
-
-
-F32 = np.float32
 
 
 @numba.njit(inline="always")
@@ -136,8 +134,10 @@ def normals(state, out):
 
 @numba.njit(inline="always")
 def _pso_row(i, x, v, pbest, best, raw, w, a1, a2, vmax):
+    """Row i's move in the dtype of the scalars w, a1, a2, vmax (the state's: a uint16 is exact
+    in float32, and numba would take float32 · uint16 to float64)."""
     for j in range(x.shape[1]):
-        u = w * v[i, j] + a1 * raw[0, i, j] * (pbest[i, j] - x[i, j]) + a2 * raw[1, i, j] * (best[j] - x[i, j])
+        u = w * v[i, j] + a1 * F32(raw[0, i, j]) * (pbest[i, j] - x[i, j]) + a2 * F32(raw[1, i, j]) * (best[j] - x[i, j])
         if vmax > 0:
             u = min(max(u, -vmax), vmax)
         v[i, j] = u
