@@ -519,11 +519,14 @@ def test_pso_kernel_moves_float32_state_in_float32():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ranked_is_the_stable_argsort(dtype):
     """SNES's ranking: numpy's stable order (ties by index, NaN of either sign last, −0 and +0
-    tied) on losses with every such case, and on many random ones with repeats."""
+    tied) on losses with every such case, and on many random ones with repeats; the torch
+    calls (the GPU path) rank with torch's stable argsort, the same order."""
     f = np.array([0.5, np.nan, 0.0, 2.0, -0.0, -np.inf, 0.5, -np.nan, np.inf, -1e-30, -3.0, 1e-45, 0.5, -3.0], dtype)
     rng = np.random.default_rng(0)
     for losses in [f, rng.integers(-5, 5, 1000).astype(dtype), rng.standard_normal(333).astype(dtype)]:
-        np.testing.assert_array_equal(kernels.ranked(losses), np.argsort(losses, kind="stable"))
+        order = kernels.ranked(losses)
+        np.testing.assert_array_equal(order, np.argsort(losses, kind="stable"))
+        np.testing.assert_array_equal(order, torch.argsort(torch.from_numpy(losses), stable=True).numpy())
 
 
 @pytest.mark.parametrize("ties", [False, True])

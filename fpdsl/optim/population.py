@@ -461,7 +461,7 @@ class SNES:
             torch.neg(z[half : 2 * half], out=z[:half])
             torch.addcmul(mu, sigma, z, out=x)
             f = yield from pop.evaluate(x, nan_as_inf=False)
-            order = torch.argsort(f)  # NaN last
+            order = torch.argsort(f, stable=True)  # ties by index, NaN last: kernels.ranked's order
             pop.track(x, f, int(order[0]))
             weights.scatter_(0, order, util)
             mu.addcmul_(sigma, weights @ z, value=self.lr_mean)
